@@ -1,0 +1,1 @@
+"""The tutorial's MNIST CNN in Flax Linen + Optax: model, training CLI, evaluation CLI."""

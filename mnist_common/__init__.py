@@ -1,0 +1,1 @@
+"""What both frameworks share: data pipeline, config and flags, reporting, the weight file."""

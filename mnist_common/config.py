@@ -1,0 +1,100 @@
+"""The run configuration both CLIs share: one frozen dataclass and one argparse builder."""
+
+import argparse
+import dataclasses
+import math
+from typing import Optional
+
+DEVICES = ("auto", "cpu", "cuda", "gpu")
+LOADERS = ("memory", "dataloader")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyper-parameters and run options; defaults are the tutorial's."""
+
+    epochs: int = 10  # the tutorial's num_epoch
+    batch_size: int = 256  # the tutorial's batch_size
+    lr: float = 2e-4  # the tutorial's learning_rate (Adam, betas 0.9/0.999, eps 1e-8)
+    seed: int = 0  # initial weights and the shuffling order both derive from it
+    device: str = "auto"  # auto picks the accelerator when there is one
+    data_dir: Optional[str] = None  # None: $MNIST_DATA_DIR, else a per-user cache dir
+    out_dir: Optional[str] = None  # None: runs/<framework>
+    loader: str = "memory"  # memory: in-memory uint8 tensor; dataloader: torch DataLoader
+    max_steps: Optional[int] = None  # stop training after this many steps, still evaluate
+    progress: bool = True  # tqdm bars (also off when stderr is not a terminal)
+    resume: bool = False  # continue from the checkpoint in out_dir
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def build_parser(framework, description):
+    """The flags both `torch_impl.train` and `flax_impl.train` accept (defaults shown in --help)."""
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {framework}_impl.train",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs, metavar="N",
+                        help="number of passes over the 60,000 training images")
+    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+                        metavar="N", help="training images per step")
+    parser.add_argument("--lr", type=_positive_float, default=defaults.lr, metavar="LR",
+                        help="Adam learning rate")
+    parser.add_argument("--seed", type=_seed, default=defaults.seed, metavar="S",
+                        help="seed for the initial weights and the shuffling order")
+    parser.add_argument("--device", choices=DEVICES, default=defaults.device,
+                        help="where to train; auto picks the GPU when there is one")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="MNIST root (default: $MNIST_DATA_DIR, else a per-user cache dir)")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help=f"where metrics.json, model.safetensors, loss.png and the checkpoint "
+                             f"go (default: runs/{framework})")
+    parser.add_argument("--loader", choices=LOADERS, default=defaults.loader,
+                        help="memory: batches cut from the in-memory uint8 array; dataloader: "
+                             "torch DataLoader over torchvision's dataset (same batches)")
+    parser.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                        help="stop training after N steps (still evaluate and write outputs)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run whose checkpoint is in --out-dir")
+    return parser
+
+
+def parse_config(framework, description, argv=None):
+    """Parse the command line into a Config (argparse exits 2 on a bad value)."""
+    args = build_parser(framework, description).parse_args(argv)
+    values = vars(args)
+    if values["out_dir"] is None:
+        values["out_dir"] = f"runs/{framework}"
+    return Config(**values)

@@ -1,0 +1,56 @@
+"""Progress bars, metrics.json, loss.png and the one-line summary, the same for both sides."""
+
+import json
+import sys
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mnist_common.fileio import atomic_path, write_text_atomic
+
+
+def progress_bar(iterable, *, total, desc, enabled, leave=False):
+    """A tqdm bar on stderr, shown only when asked for and stderr is a terminal."""
+    disable = not enabled or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, unit="step",
+                dynamic_ncols=True)
+
+
+def write_metrics(path, metrics):
+    """Write metrics as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+
+
+def plot_losses(path, metrics):
+    """Training loss per step and test loss per epoch, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step_losses = np.asarray(metrics["step_losses"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(np.arange(1, len(step_losses) + 1), step_losses, lw=0.8, label="train loss (per step)")
+    epochs = metrics["epochs"]
+    if epochs:
+        ax.plot([e["step"] for e in epochs], [e["test_loss"] for e in epochs], "o-",
+                label="test loss (end of epoch)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(f"{metrics['framework']}: test accuracy {100 * metrics['test_accuracy']:.2f} %")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def summary_line(metrics):
+    """One line a person reads at the end of a run."""
+    return (f"{metrics['framework']}: test accuracy {100 * metrics['test_accuracy']:.2f} % "
+            f"({metrics['test_correct']}/{metrics['test_examples']}), "
+            f"test loss {metrics['test_loss']:.4f}, {metrics['steps']} steps in "
+            f"{metrics['train_seconds']:.1f} s ({metrics['train_images_per_second']:.0f} images/s) "
+            f"on {metrics['device']}")

@@ -1,0 +1,102 @@
+"""The canonical weight file: the tutorial's state_dict keys and torch layouts, float32.
+
+Both frameworks read and write this format through NumPy, so a file from either side (or the
+tutorial's own `torch.save(model.state_dict())` `.pt` file) loads in both.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from mnist_common.errors import UsageError
+from mnist_common.fileio import atomic_path
+
+CANONICAL_SHAPES = {
+    "layer.0.weight": (16, 1, 5, 5),  # conv 1->16, OIHW
+    "layer.0.bias": (16,),
+    "layer.2.weight": (32, 16, 5, 5),  # conv 16->32
+    "layer.2.bias": (32,),
+    "layer.5.weight": (64, 32, 5, 5),  # conv 32->64
+    "layer.5.bias": (64,),
+    "fc_layer.0.weight": (100, 576),  # (out, in); in ordered (C, H, W) = (64, 3, 3)
+    "fc_layer.0.bias": (100,),
+    "fc_layer.2.weight": (10, 100),
+    "fc_layer.2.bias": (10,),
+}
+NUM_PARAMETERS = sum(int(np.prod(shape)) for shape in CANONICAL_SHAPES.values())  # 123,222
+
+
+def check_weights(arrays, source):
+    """Raise UsageError unless `arrays` has exactly the canonical keys and shapes."""
+    missing = [k for k in CANONICAL_SHAPES if k not in arrays]
+    unexpected = [k for k in arrays if k not in CANONICAL_SHAPES]
+    if missing or unexpected:
+        raise UsageError(f"{source}: not this model's weights (missing keys: {missing or 'none'}; "
+                         f"unexpected keys: {unexpected or 'none'})")
+    for key, shape in CANONICAL_SHAPES.items():
+        if tuple(arrays[key].shape) != shape:
+            raise UsageError(f"{source}: {key} has shape {tuple(arrays[key].shape)}, "
+                             f"expected {shape}")
+        if not np.issubdtype(arrays[key].dtype, np.floating):
+            raise UsageError(f"{source}: {key} has dtype {arrays[key].dtype}, expected float32")
+
+
+def save_weights(path, arrays, metadata=None):
+    """Write canonical arrays (validated, float32, contiguous) atomically to a safetensors file."""
+    check_weights(arrays, path)
+    tensors = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in CANONICAL_SHAPES}
+    save_arrays(path, tensors, metadata)
+
+
+def save_arrays(path, arrays, metadata=None):
+    """Write any dict of NumPy arrays atomically to a safetensors file."""
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
+                  metadata=metadata)
+
+
+def load_arrays_file(path):
+    """Read a safetensors file into NumPy arrays; a damaged file is a UsageError."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _load_pt(path):
+    import pickle
+
+    import torch
+
+    try:
+        # weights_only: a .pt file is a pickle, and a pickle can run code; only tensors pass.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        raise UsageError(f"{path}: refused: not a plain state_dict of tensors ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable PyTorch .pt file ({err})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path}: expected a state_dict (a dict of tensors), "
+                         f"found {type(obj).__name__}")
+    return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
+
+
+def load_weights(path):
+    """Read canonical weights from `.safetensors` (either framework) or the tutorial's `.pt`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        arrays = load_arrays_file(path)
+    elif path.suffix in (".pt", ".pth"):
+        arrays = _load_pt(path)
+    else:
+        raise UsageError(f"{path}: unknown weight format {path.suffix!r} "
+                         f"(expected .safetensors, .pt or .pth)")
+    check_weights(arrays, path)
+    return {k: arrays[k].astype(np.float32, copy=False) for k in CANONICAL_SHAPES}

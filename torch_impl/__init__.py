@@ -1,0 +1,1 @@
+"""The tutorial's MNIST CNN in PyTorch: model, training CLI, evaluation CLI."""
