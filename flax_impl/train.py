@@ -84,7 +84,7 @@ def eval_step(state, batch):
     logits = state.apply_fn({"params": state.params}, images)
     loss_sum = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
     correct = (logits.argmax(axis=1) == labels).sum()
-    return {"loss": loss_sum, "correct": correct, "examples": labels.shape[0]}
+    return {"loss": loss_sum, "correct": correct}
 
 
 def evaluate(state, batches):
@@ -94,7 +94,7 @@ def evaluate(state, batches):
         out = eval_step(state, batch)
         loss_sum += float(out["loss"])
         correct += int(out["correct"])
-        examples += out["examples"]
+        examples += len(batch[1])
     return {"loss": loss_sum / examples, "accuracy": correct / examples,
             "correct": correct, "examples": examples}
 

@@ -77,7 +77,7 @@ def eval_step(model, batch):
     logits = model(images)
     loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.argmax(dim=1) == labels).sum()
-    return {"loss": loss_sum, "correct": correct, "examples": labels.shape[0]}
+    return {"loss": loss_sum, "correct": correct}
 
 
 def evaluate(state, batches):
@@ -88,7 +88,7 @@ def evaluate(state, batches):
         out = eval_step(state.model, batch)
         loss_sum += out["loss"].item()
         correct += int(out["correct"].item())
-        examples += out["examples"]
+        examples += len(batch[1])
     return {"loss": loss_sum / examples, "accuracy": correct / examples,
             "correct": correct, "examples": examples}
 
