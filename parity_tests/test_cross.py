@@ -1,0 +1,76 @@
+"""Weights trained by one framework give the same predictions in the other, on real MNIST."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from parity_helpers import flax_state, torch_state
+
+from flax_impl import evaluate as flax_evaluate
+from flax_impl import train as flax_train
+from mnist_common import data, loaders
+from mnist_common.loaders import to_numpy_batch
+from mnist_common.weights import save_weights
+from torch_impl import evaluate as torch_evaluate
+from torch_impl import train as torch_train
+
+
+@pytest.fixture(scope="module")
+def splits(mnist_root):
+    return data.load_arrays(mnist_root, train=True), data.load_arrays(mnist_root, train=False)
+
+
+def torch_predictions(weights, test_split):
+    model = torch_state(weights).model.eval()
+    with torch.no_grad():
+        return np.concatenate([model(x).argmax(1).numpy()
+                               for x, _ in loaders.eval_batches(test_split)])
+
+
+def flax_predictions(weights, test_split):
+    state = flax_state(weights)
+    predict = jax.jit(lambda params, x: state.apply_fn({"params": params}, x).argmax(1))
+    return np.concatenate([np.asarray(predict(state.params, to_numpy_batch(x, y)[0]))
+                           for x, y in loaders.eval_batches(test_split)])
+
+
+def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, splits):
+    train_split, test_split = splits
+    state = torch_state(canonical_weights)
+    for batch in loaders.train_batches(train_split, seed=1, epoch=0, batch_size=256):
+        state, _ = torch_train.train_step(state, batch)
+        if state.optimizer.state[state.model.layer[0].weight]["step"] >= 30:
+            break
+    weights, _ = torch_train.state_to_arrays(state)
+    torch_classes = torch_predictions(weights, test_split)
+    assert (torch_classes == test_split[1]).mean() > 0.6  # trained, not at chance
+    np.testing.assert_array_equal(flax_predictions(weights, test_split), torch_classes)
+
+
+def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, splits):
+    train_split, test_split = splits
+    state = flax_state(canonical_weights)
+    batches = loaders.train_batches(train_split, seed=2, epoch=0, batch_size=128)
+    for _, batch in zip(range(30), batches):
+        state, _ = flax_train.train_step(state, to_numpy_batch(*batch))
+    weights, _ = flax_train.state_to_arrays(state)
+    flax_classes = flax_predictions(weights, test_split)
+    assert (flax_classes == test_split[1]).mean() > 0.5  # trained, not at chance (0.1)
+    np.testing.assert_array_equal(torch_predictions(weights, test_split), flax_classes)
+
+
+def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, splits, mnist_root):
+    train_split, _ = splits
+    state = torch_state(canonical_weights)
+    for _, batch in zip(range(20), loaders.train_batches(train_split, seed=3, epoch=0,
+                                                         batch_size=256)):
+        state, _ = torch_train.train_step(state, batch)
+    weights_file = tmp_path / "model.safetensors"
+    save_weights(weights_file, torch_train.state_to_arrays(state)[0])
+    argv = ["--weights", str(weights_file), "--data-dir", str(mnist_root), "--device", "cpu",
+            "--no-progress"]
+    torch_metrics = torch_evaluate.main(argv)
+    flax_metrics = flax_evaluate.main(argv)
+    assert torch_metrics["test_examples"] == flax_metrics["test_examples"] == 10_000
+    assert torch_metrics["test_correct"] == flax_metrics["test_correct"]
+    assert abs(torch_metrics["test_loss"] - flax_metrics["test_loss"]) < 1e-5

@@ -1,0 +1,57 @@
+"""Same data: both loader paths give identical batches, and both frameworks see the same pixels."""
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_common import data, loaders
+from mnist_common.loaders import to_numpy_batch
+
+
+@pytest.fixture(scope="module")
+def train_split(mnist_root):
+    return data.load_arrays(mnist_root, train=True)
+
+
+def first_batches(train_split, mnist_root, loader, count=3, seed=0, epoch=0, start_step=0):
+    batches = loaders.train_batches(train_split, seed=seed, epoch=epoch, batch_size=256,
+                                    loader=loader, root=mnist_root, start_step=start_step)
+    return [batch for batch, _ in zip(batches, range(count))]
+
+
+def test_memory_and_dataloader_paths_give_identical_batches(train_split, mnist_root):
+    memory = first_batches(train_split, mnist_root, "memory")
+    faithful = first_batches(train_split, mnist_root, "dataloader")
+    for (x_mem, y_mem), (x_dl, y_dl) in zip(memory, faithful, strict=True):
+        assert x_mem.dtype == x_dl.dtype == torch.float32
+        assert x_mem.shape == x_dl.shape == (256, 1, 28, 28)
+        assert torch.equal(x_mem, x_dl) and torch.equal(y_mem, y_dl)
+
+
+def test_last_partial_batch_is_kept_and_identical(train_split, mnist_root):
+    # 60,000 = 234 * 256 + 96: the tutorial dropped these 96 images; we train on them.
+    memory = first_batches(train_split, mnist_root, "memory", start_step=234)
+    faithful = first_batches(train_split, mnist_root, "dataloader", start_step=234)
+    assert len(memory) == len(faithful) == 1
+    assert memory[0][0].shape[0] == 96
+    assert torch.equal(memory[0][0], faithful[0][0])
+
+
+def test_order_depends_on_seed_and_epoch(train_split, mnist_root):
+    (_, labels_a), = first_batches(train_split, mnist_root, "memory", count=1, seed=0, epoch=0)
+    (_, labels_b), = first_batches(train_split, mnist_root, "memory", count=1, seed=0, epoch=1)
+    (_, labels_c), = first_batches(train_split, mnist_root, "memory", count=1, seed=1, epoch=0)
+    (_, labels_d), = first_batches(train_split, mnist_root, "memory", count=1, seed=0, epoch=0)
+    assert not torch.equal(labels_a, labels_b) and not torch.equal(labels_a, labels_c)
+    assert torch.equal(labels_a, labels_d)
+
+
+def test_flax_sees_exactly_the_pixels_torch_sees(train_split, mnist_root):
+    (images, labels), = first_batches(train_split, mnist_root, "dataloader", count=1)
+    x, y = to_numpy_batch(images, labels)
+    assert x.shape == (256, 28, 28, 1) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x, images.numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(y, labels.numpy())
+    # ToTensor: uint8 / 255 exactly, no normalisation.
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert set(np.unique(np.round(x * 255)).astype(int)) <= set(range(256))
