@@ -3,10 +3,10 @@
 import os
 
 import pytest
+from parity_helpers import CPU
 
 from mnist_common import data
 from mnist_common.config import Config
-from parity_helpers import CPU
 from torch_impl import train as torch_train
 
 

@@ -1,5 +1,7 @@
 """Weights trained by one framework give the same predictions in the other, on real MNIST."""
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, sp
     train_split, test_split = splits
     state = flax_state(canonical_weights)
     batches = loaders.train_batches(train_split, seed=2, epoch=0, batch_size=128)
-    for _, batch in zip(range(30), batches):
+    for batch in itertools.islice(batches, 30):
         state, _ = flax_train.train_step(state, to_numpy_batch(*batch))
     weights, _ = flax_train.state_to_arrays(state)
     flax_classes = flax_predictions(weights, test_split)
@@ -62,8 +64,8 @@ def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, sp
 def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, splits, mnist_root):
     train_split, _ = splits
     state = torch_state(canonical_weights)
-    for _, batch in zip(range(20), loaders.train_batches(train_split, seed=3, epoch=0,
-                                                         batch_size=256)):
+    batches = loaders.train_batches(train_split, seed=3, epoch=0, batch_size=256)
+    for batch in itertools.islice(batches, 20):
         state, _ = torch_train.train_step(state, batch)
     weights_file = tmp_path / "model.safetensors"
     save_weights(weights_file, torch_train.state_to_arrays(state)[0])

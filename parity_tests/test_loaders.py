@@ -1,5 +1,7 @@
 """Same data: both loader paths give identical batches, and both frameworks see the same pixels."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ def train_split(mnist_root):
 def first_batches(train_split, mnist_root, loader, count=3, seed=0, epoch=0, start_step=0):
     batches = loaders.train_batches(train_split, seed=seed, epoch=epoch, batch_size=256,
                                     loader=loader, root=mnist_root, start_step=start_step)
-    return [batch for batch, _ in zip(batches, range(count))]
+    return list(itertools.islice(batches, count))
 
 
 def test_memory_and_dataloader_paths_give_identical_batches(train_split, mnist_root):

@@ -1,5 +1,7 @@
 """Same training: loss, gradients, one Adam step, and 100 steps on identical batches."""
 
+import itertools
+
 import jax
 import numpy as np
 import optax
@@ -152,7 +154,7 @@ def test_optax_adam_formula_equals_torchs_on_one_tensor():
 def real_batches(mnist_root, count, batch_size):
     train_split = data.load_arrays(mnist_root, train=True)
     batches = loaders.train_batches(train_split, seed=0, epoch=0, batch_size=batch_size)
-    return [batch for batch, _ in zip(batches, range(count))]
+    return list(itertools.islice(batches, count))
 
 
 def max_gap(params_a, params_b):
