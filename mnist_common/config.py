@@ -3,7 +3,8 @@
 import argparse
 import dataclasses
 import math
-from typing import Optional
+
+from mnist_common.errors import ArgumentParser, UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "gpu")
 LOADERS = ("memory", "dataloader")
@@ -18,12 +19,32 @@ class Config:
     lr: float = 2e-4  # the tutorial's learning_rate (Adam, betas 0.9/0.999, eps 1e-8)
     seed: int = 0  # initial weights and the shuffling order both derive from it
     device: str = "auto"  # auto picks the accelerator when there is one
-    data_dir: Optional[str] = None  # None: $MNIST_DATA_DIR, else a per-user cache dir
-    out_dir: Optional[str] = None  # None: runs/<framework>
+    data_dir: str | None = None  # None: $MNIST_DATA_DIR, else a per-user cache dir
+    out_dir: str | None = None  # None: runs/<framework>
     loader: str = "memory"  # memory: in-memory uint8 tensor; dataloader: torch DataLoader
-    max_steps: Optional[int] = None  # stop training after this many steps, still evaluate
+    max_steps: int | None = None  # stop training after this many steps, still evaluate
     progress: bool = True  # tqdm bars (also off when stderr is not a terminal)
     resume: bool = False  # continue from the checkpoint in out_dir
+
+    def __post_init__(self):
+        # The flags already check these; this guards a Config built in code.
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, "
+                                 f"got {getattr(self, name)!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps!r}")
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed must be in [0, 2**32), got {self.seed!r}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device {self.device}: unknown device "
+                             f"(choose {', '.join(DEVICES)})")
+        if self.loader not in LOADERS:
+            raise UsageError(f"--loader {self.loader}: unknown loader "
+                             f"(choose {', '.join(LOADERS)})")
 
 
 def _positive_int(text):
@@ -59,7 +80,7 @@ def _positive_float(text):
 def build_parser(framework, description):
     """The flags both `torch_impl.train` and `flax_impl.train` accept (defaults shown in --help)."""
     defaults = Config()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"python -m {framework}_impl.train",
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -87,12 +108,13 @@ def build_parser(framework, description):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run whose checkpoint is in --out-dir")
+                        help="continue the run whose checkpoint is in --out-dir (same "
+                             "--batch-size, --lr and --seed; --epochs and --max-steps may grow)")
     return parser
 
 
 def parse_config(framework, description, argv=None):
-    """Parse the command line into a Config (argparse exits 2 on a bad value)."""
+    """Parse the command line into a Config; a bad value is a UsageError (one line, exit 2)."""
     args = build_parser(framework, description).parse_args(argv)
     values = vars(args)
     if values["out_dir"] is None:

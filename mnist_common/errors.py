@@ -1,5 +1,6 @@
 """Errors a user can cause, and the one place that turns them into a one-line message."""
 
+import argparse
 import sys
 
 
@@ -11,12 +12,25 @@ class DataError(UsageError):
     """The MNIST files are missing, damaged, or could not be fetched from any source."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are a UsageError (one line, no usage block), not a printed usage."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
 def run_cli(main, argv=None, prog=None):
-    """Run `main(argv)`, reporting a UsageError as `prog: error: message` on stderr, exit 2."""
+    """Run `main(argv)`, reporting a UsageError as `prog: error: message` on stderr, exit 2.
+
+    Ctrl-C that `main` did not handle itself ends with `prog: interrupted` and status 130.
+    """
+    name = prog or sys.argv[0]
     try:
         return main(argv)
     except UsageError as err:
-        name = prog or sys.argv[0]
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"{name}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

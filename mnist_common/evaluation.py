@@ -1,15 +1,18 @@
 """The evaluation CLI both frameworks share: canonical weights in, test metrics out."""
 
 import argparse
+import os
+from pathlib import Path
 
 from mnist_common import data, loaders, reporting
 from mnist_common.config import DEVICES, LOADERS
+from mnist_common.errors import ArgumentParser, UsageError
 from mnist_common.weights import load_weights
 
 
 def build_parser(framework):
     """Flags of `python -m <framework>_impl.evaluate`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"python -m {framework}_impl.evaluate",
         description=f"Evaluate canonical weights (.safetensors from either framework, or the "
                     f"tutorial's .pt state_dict) with {framework} on all 10,000 test images.",
@@ -28,12 +31,26 @@ def build_parser(framework):
     return parser
 
 
+def _check_out_path(out):
+    """Fail before evaluating if --out cannot be written (the write itself is atomic)."""
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: directory {parent} is not writable")
+
+
 def evaluate_weights(framework, argv, load_model):
     """Parse flags, load weights with `load_model(params, device_flag) -> (hooks, state)`, evaluate.
 
     Returns the metrics dict (also printed, and written to --out when given).
     """
     args = build_parser(framework).parse_args(argv)
+    if args.out:
+        _check_out_path(args.out)
     params = load_weights(args.weights)
     hooks, state = load_model(params, args.device)
     root = data.prepare_data(args.data_dir, progress=args.progress)
@@ -53,5 +70,8 @@ def evaluate_weights(framework, argv, load_model):
     print(f"{framework}: {args.weights}: test accuracy {100 * evaluation['accuracy']:.2f} % "
           f"({evaluation['correct']}/{evaluation['examples']}), test loss {evaluation['loss']:.4f}")
     if args.out:
-        reporting.write_metrics(args.out, metrics)
+        try:
+            reporting.write_metrics(args.out, metrics)
+        except OSError as err:
+            raise UsageError(f"--out {args.out}: cannot write it ({err.strerror or err})") from None
     return metrics

@@ -5,7 +5,6 @@ import os
 import tempfile
 from pathlib import Path
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -37,3 +36,14 @@ def write_bytes_atomic(path, data):
 def write_text_atomic(path, text):
     """Text version of `write_bytes_atomic`."""
     write_bytes_atomic(path, text.encode())
+
+
+def fsync_dir(path):
+    """Flush a directory's entries, so a rename in it survives a power cut (best effort)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is atomic regardless
+    finally:
+        os.close(fd)

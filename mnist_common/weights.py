@@ -4,6 +4,7 @@ Both frameworks read and write this format through NumPy, so a file from either 
 tutorial's own `torch.save(model.state_dict())` `.pt` file) loads in both.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,33 +63,66 @@ def load_arrays_file(path):
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable safetensors file ({err})") from None
+        raise UsageError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    except TypeError as err:  # a dtype NumPy lacks, such as bfloat16
+        raise UsageError(f"{path}: holds a tensor type NumPy cannot read ({_first_line(err)}); "
+                         f"expected float32") from None
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _describe(err):
+    text = _first_line(err)
+    return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
+
+
+def _refusal_reason(err):
+    """What torch's weights_only unpickler refused, in a few words."""
+    named = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if named:
+        return f"it asks for {named.group(1)}"
+    # torch's own first line suggests weights_only=False: the one thing not to do here.
+    unsupported = [line.strip() for line in str(err).splitlines() if "Unsupported" in line]
+    return unsupported[0].split(". ")[0] if unsupported else "torch's unpickler refused it"
 
 
 def _load_pt(path):
     import pickle
+    import warnings
 
     import torch
 
     try:
-        # weights_only: a .pt file is a pickle, and a pickle can run code; only tensors pass.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write itself; the load still decides.
+            warnings.simplefilter("ignore")
+            # weights_only: a .pt file is a pickle, and a pickle can run code; only tensors pass.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise UsageError(f"{path}: refused: not a plain state_dict of tensors ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable PyTorch .pt file ({err})") from None
+        raise UsageError(f"{path}: refused: not a plain state_dict of tensors; loaded with "
+                         f"weights_only=True, which blocks code ({_refusal_reason(err)})") from None
+    except Exception as err:  # torch.load reports a damaged file with many exception types
+        raise UsageError(f"{path}: not a readable PyTorch .pt file ({_describe(err)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UsageError(f"{path}: expected a state_dict (a dict of tensors), "
                          f"found {type(obj).__name__}")
-    return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
+    try:
+        return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
+    except (RuntimeError, TypeError) as err:  # e.g. complex or sparse tensors
+        raise UsageError(f"{path}: cannot read its tensors as float32 "
+                         f"({_first_line(err)})") from None
 
 
 def load_weights(path):
     """Read canonical weights from `.safetensors` (either framework) or the tutorial's `.pt`."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, not a weight file")
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -99,4 +133,8 @@ def load_weights(path):
         raise UsageError(f"{path}: unknown weight format {path.suffix!r} "
                          f"(expected .safetensors, .pt or .pth)")
     check_weights(arrays, path)
-    return {k: arrays[k].astype(np.float32, copy=False) for k in CANONICAL_SHAPES}
+    weights = {k: arrays[k].astype(np.float32, copy=False) for k in CANONICAL_SHAPES}
+    bad = [k for k, v in weights.items() if not np.isfinite(v).all()]
+    if bad:
+        raise UsageError(f"{path}: {bad[0]} contains NaN or infinite values")
+    return weights

@@ -1,0 +1,114 @@
+"""Helpers for the CLI, bad-input, checkpoint and resume tests (fixtures: conftest.py).
+
+Subprocess helpers run the real CLIs from the repository root; in-process helpers call the same
+`main` through `run_cli`, which is all a CLI adds, and are used where a subprocess would only add
+interpreter start-up. (Not in conftest.py: parity_tests/ has a conftest module of its own, so
+`from conftest import ...` would be ambiguous.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_common.errors import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_TRAIN = 100  # with --batch-size 16: 7 steps per epoch, the last one 4 images
+SMALL_TEST = 200
+
+
+def cli_env(**extra):
+    """The environment for a CLI subprocess: this one, plus `extra` (None removes a name)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def start_cli(module, *args, env=None, **popen_kwargs):
+    """Start `python -m module ARGS` in the repository root (output captured as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env or cli_env(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        **popen_kwargs)
+
+
+def finish(process, timeout=300):
+    """Wait for a process from `start_cli`; a CompletedProcess."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{process.args} timed out; stderr: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_cli_subprocess(module, *args, env=None, timeout=300):
+    """Run `python -m module ARGS` to completion."""
+    return finish(start_cli(module, *args, env=env), timeout)
+
+
+def assert_usage_error(returncode, stderr, prog, *words):
+    """Exit status 2 and exactly one stderr line `prog: error: ...` containing `words`."""
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{prog}: error: "), stderr
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def run_in_process(main, argv, prog, capsys):
+    """Call a CLI's `main` as its `__main__` does; (exit status, stdout, stderr)."""
+    try:
+        run_cli(main, argv, prog=prog)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_run(out_dir):
+    """(metrics dict, weights dict) of a finished training run."""
+    from safetensors.numpy import load_file
+
+    out_dir = Path(out_dir)
+    return (json.loads((out_dir / "metrics.json").read_text()),
+            load_file(str(out_dir / "model.safetensors")))
+
+
+def assert_same_run(actual_dir, expected_dir):
+    """Bit-identical per-step losses and final weights."""
+    actual_metrics, actual_weights = read_run(actual_dir)
+    expected_metrics, expected_weights = read_run(expected_dir)
+    assert actual_metrics["step_losses"] == expected_metrics["step_losses"]
+    assert actual_weights.keys() == expected_weights.keys()
+    for key in expected_weights:
+        assert actual_weights[key].dtype == expected_weights[key].dtype
+        assert np.array_equal(actual_weights[key], expected_weights[key]), key
+        assert actual_weights[key].tobytes() == expected_weights[key].tobytes(), key
+    assert actual_metrics["test_correct"] == expected_metrics["test_correct"]
+    assert actual_metrics["test_loss"] == expected_metrics["test_loss"]
+
+
+def use_small_mnist(monkeypatch, real_splits):
+    """Make training read the first SMALL_TRAIN training and SMALL_TEST test images."""
+    from mnist_common import data
+
+    (train_x, train_y), (test_x, test_y) = real_splits
+    splits = {True: (train_x[:SMALL_TRAIN], train_y[:SMALL_TRAIN]),
+              False: (test_x[:SMALL_TEST], test_y[:SMALL_TEST])}
+    monkeypatch.setattr(data, "load_arrays", lambda root, train: splits[train])
+    return splits

@@ -1,0 +1,211 @@
+"""Checkpoint files: round trip, damage reported, SIGKILL mid-write never leaves one trusted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from checkpoint_writer import arrays
+from safetensors.numpy import save_file
+
+from mnist_common.errors import UsageError
+from mnist_common.training import (
+    LATEST,
+    checkpoint_root,
+    load_checkpoint,
+    out_dir_lock,
+    save_checkpoint,
+)
+from mnist_common.weights import CANONICAL_SHAPES
+
+WRITER = Path(__file__).resolve().parent / "checkpoint_writer.py"
+
+
+def assert_holds_step(out_dir, step=None):
+    """The checkpoint loads, is internally consistent, and (if given) is at `step`."""
+    checkpoint = load_checkpoint(out_dir)
+    found = checkpoint.progress["global_step"]
+    params, optimizer, progress = arrays(found)
+    for key in CANONICAL_SHAPES:
+        assert np.array_equal(checkpoint.params[key], params[key]), key
+    assert optimizer.keys() == checkpoint.optimizer.keys()
+    for key in optimizer:
+        assert np.array_equal(checkpoint.optimizer[key], optimizer[key]), key
+    assert checkpoint.progress["step_losses"] == progress["step_losses"]
+    if step is not None:
+        assert found == step
+    return found
+
+
+def entries(out_dir):
+    return sorted(p.name for p in checkpoint_root(out_dir).iterdir())
+
+
+def test_round_trip_and_only_the_newest_is_kept(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, *arrays(step))
+    assert assert_holds_step(tmp_path, 3) == 3
+    assert entries(tmp_path) == ["latest", "step-0000003"]
+    assert (checkpoint_root(tmp_path) / LATEST).read_text() == "step-0000003\n"
+
+
+def test_saving_the_same_step_again_never_touches_the_live_one(tmp_path):
+    save_checkpoint(tmp_path, *arrays(4))
+    save_checkpoint(tmp_path, *arrays(4))
+    assert entries(tmp_path) == ["latest", "step-0000004-1"]
+    save_checkpoint(tmp_path, *arrays(4))
+    assert entries(tmp_path) == ["latest", "step-0000004"]
+    assert_holds_step(tmp_path, 4)
+
+
+def test_no_checkpoint_is_a_clean_error(tmp_path):
+    with pytest.raises(UsageError, match="no checkpoint in"):
+        load_checkpoint(tmp_path)
+
+
+def _rewrite_hashes(directory):
+    """Make progress.json's recorded hashes match the (edited) files again."""
+    import hashlib
+
+    progress_file = directory / "progress.json"
+    progress = json.loads(progress_file.read_text())
+    for name in progress["files"]:
+        progress["files"][name] = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+    progress_file.write_text(json.dumps(progress))
+
+
+def _flip_a_byte(directory):
+    path = directory / "model.safetensors"
+    content = bytearray(path.read_bytes())
+    content[-5] ^= 0x01  # inside the last weight: still a valid safetensors file
+    path.write_bytes(bytes(content))
+
+
+def _truncate_optimizer(directory):
+    path = directory / "optimizer.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _optimizer_of_another_step(directory):
+    _, optimizer, _ = arrays(7)
+    save_file(optimizer, str(directory / "optimizer.safetensors"))
+    _rewrite_hashes(directory)
+
+
+def _nan_weights(directory):
+    params, _, _ = arrays(2)
+    params["fc_layer.2.bias"][3] = np.nan
+    save_file(params, str(directory / "model.safetensors"))
+    _rewrite_hashes(directory)
+
+
+def _wrong_shapes(directory):
+    params, _, _ = arrays(2)
+    params["fc_layer.2.bias"] = np.zeros(11, np.float32)
+    save_file(params, str(directory / "model.safetensors"))
+    _rewrite_hashes(directory)
+
+
+def _edit_progress(**changes):
+    def edit(directory):
+        path = directory / "progress.json"
+        progress = json.loads(path.read_text())
+        progress.update(changes)
+        path.write_text(json.dumps(progress))
+    return edit
+
+
+DAMAGES = {
+    "latest names a missing directory": lambda d: (d.parent / LATEST).write_text("step-0000009\n"),
+    "latest escapes the checkpoint dir": lambda d: (d.parent / LATEST).write_text("../../etc\n"),
+    "latest is binary junk": lambda d: (d.parent / LATEST).write_bytes(b"\xff\xfe\x00"),
+    "progress.json missing": lambda d: (d / "progress.json").unlink(),
+    "progress.json not JSON": lambda d: (d / "progress.json").write_text("{not json"),
+    "progress.json a list": lambda d: (d / "progress.json").write_text("[1, 2]"),
+    "progress.json step is text": _edit_progress(global_step="2"),
+    "progress.json loss is NaN": _edit_progress(step_losses=[1.0, float("nan")]),
+    "progress.json loss count": _edit_progress(step_losses=[1.0]),
+    "model.safetensors missing": lambda d: (d / "model.safetensors").unlink(),
+    "model.safetensors bit flip": _flip_a_byte,
+    "optimizer.safetensors truncated": _truncate_optimizer,
+    "optimizer of another step": _optimizer_of_another_step,
+    "NaN weights": _nan_weights,
+    "wrong shapes": _wrong_shapes,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_damaged_checkpoint_is_one_line_error(tmp_path, damage):
+    directory = save_checkpoint(tmp_path, *arrays(2))
+    damage(directory)
+    with pytest.raises(UsageError) as err:
+        load_checkpoint(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "damaged" in message
+    assert str(checkpoint_root(tmp_path)) in message
+
+
+def test_a_second_run_cannot_take_the_same_out_dir(tmp_path):
+    with out_dir_lock(tmp_path):
+        with pytest.raises(UsageError, match="another training run is using it"):
+            with out_dir_lock(tmp_path):
+                pass
+    with out_dir_lock(tmp_path):  # released on exit
+        pass
+
+
+# --- SIGKILL while writing ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_writers(tmp_path_factory):
+    """Run the three kill experiments of checkpoint_writer.py."""
+    base = tmp_path_factory.mktemp("killed")
+    done = subprocess.run([sys.executable, str(WRITER), str(base), "20240607", "12"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _rerun_succeeds(out_dir):
+    """A later save in the same dir works and clears every trace of the killed writer."""
+    save_checkpoint(out_dir, *arrays(50))
+    assert entries(out_dir) == ["latest", "step-0000050"]
+    assert_holds_step(out_dir, 50)
+
+
+def test_kill_at_every_step_of_a_save_keeps_a_complete_checkpoint(killed_writers):
+    result = killed_writers["previous"]
+    assert result["completed_at"] is not None and len(result["killed"]) >= 20
+    outcomes = [assert_holds_step(out_dir) for out_dir in result["killed"]]
+    assert set(outcomes) == {1, 2}  # the kills span the commit point, and nothing else is seen
+    # Before the commit point, the old checkpoint; after it, the new one; never a mix.
+    commit = outcomes.index(2)
+    assert outcomes == [1] * commit + [2] * (len(outcomes) - commit)
+    for out_dir in result["killed"]:
+        _rerun_succeeds(out_dir)
+
+
+def test_kill_during_the_first_save_leaves_no_checkpoint_or_a_complete_one(killed_writers):
+    result = killed_writers["first"]
+    assert result["completed_at"] is not None
+    outcomes = []
+    for out_dir in result["killed"]:
+        try:
+            outcomes.append(assert_holds_step(out_dir, 2))
+        except UsageError as err:
+            assert str(err).startswith("no checkpoint in")
+            outcomes.append(None)
+    assert None in outcomes and 2 in outcomes
+    for out_dir in result["killed"]:
+        _rerun_succeeds(out_dir)
+
+
+def test_kill_at_random_moments_of_repeated_saves(killed_writers):
+    steps = [assert_holds_step(out_dir) for out_dir in killed_writers["random"]["killed"]]
+    assert all(step >= 1 for step in steps)
+    for out_dir in killed_writers["random"]["killed"]:
+        _rerun_succeeds(out_dir)

@@ -1,0 +1,235 @@
+"""The four CLIs: --help, outputs, determinism, Ctrl-C and --resume (as real subprocesses).
+
+Expensive runs are started side by side by module fixtures and shared between tests.
+"""
+
+import fcntl
+import importlib
+import json
+import os
+import pty
+import re
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import (
+    REPO,
+    assert_same_run,
+    cli_env,
+    finish,
+    read_run,
+    run_in_process,
+    start_cli,
+)
+from safetensors.numpy import load_file
+from torch import nn
+
+from mnist_common import loaders
+from mnist_common.weights import CANONICAL_SHAPES
+
+pytestmark = pytest.mark.data
+CLIS = ["torch_impl.train", "flax_impl.train", "torch_impl.evaluate", "flax_impl.evaluate"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_exits_0_and_shows_defaults(module, capsys):
+    main = importlib.import_module(module).main
+    code, out, err = run_in_process(main, ["--help"], f"python -m {module}", capsys)
+    assert code == 0, err
+    assert out.startswith(f"usage: python -m {module}")
+    text = " ".join(out.split())  # argparse wraps lines
+    if module.endswith(".train"):
+        for default in ("(default: 10)", "(default: 256)", "(default: 0.0002)", "(default: 0)",
+                        "(default: auto)", "(default: memory)", "--max-steps N", "--resume"):
+            assert default in text, default
+    else:
+        assert "--weights FILE" in text and "(default: auto)" in text
+
+
+@pytest.fixture(scope="module")
+def torch_runs(mnist_root, tmp_path_factory):
+    """Two 20-step torch runs with the same seed, side by side."""
+    base = tmp_path_factory.mktemp("torch-runs")
+    flags = ["--max-steps", 20, "--batch-size", 64, "--no-progress"]
+    processes = [start_cli("torch_impl.train", *flags, "--out-dir", base / name)
+                 for name in ("a", "b")]
+    for process in processes:
+        done = finish(process)
+        assert done.returncode == 0, done.stderr
+    return base / "a", base / "b"
+
+
+def test_twenty_step_torch_run_writes_its_outputs(torch_runs):
+    out_dir = torch_runs[0]
+    metrics, weights = read_run(out_dir)
+    assert metrics["framework"] == "torch" and metrics["steps"] == 20
+    assert metrics["test_examples"] == 10000
+    assert len(metrics["step_losses"]) == 20
+    assert metrics["epochs"][-1]["partial"] is True
+    assert {k: v.shape for k, v in weights.items()} == CANONICAL_SHAPES
+    assert all(v.dtype == np.float32 for v in weights.values())
+    assert (out_dir / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out_dir / "checkpoints" / "latest").read_text() == "step-0000020\n"
+
+
+def test_torch_runs_are_bit_identical(torch_runs):
+    assert_same_run(*torch_runs)
+
+
+@pytest.fixture(scope="module")
+def flax_runs(mnist_root, tmp_path_factory):
+    """A 3-step Flax run; beside it, the same run stopped at step 2 and resumed in a new process.
+
+    Three processes compute the same trajectory: equal results show both that Flax runs are
+    deterministic across processes and that a resume (a new process: a new compile) is exact.
+    """
+    base = tmp_path_factory.mktemp("flax-runs")
+    flags = ["--batch-size", 8, "--no-progress"]
+    # The second leg may load the first leg's executables from this cache; the uninterrupted
+    # run compiles its own, so equal results also cover "cached executable = fresh compile".
+    cache = cli_env(JAX_COMPILATION_CACHE_DIR=str(base / "xla-cache"),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    uninterrupted = start_cli("flax_impl.train", *flags, "--max-steps", 3,
+                              "--out-dir", base / "uninterrupted")
+    first_leg = finish(start_cli("flax_impl.train", *flags, "--max-steps", 2,
+                                 "--out-dir", base / "resumed", env=cache))
+    assert first_leg.returncode == 0, first_leg.stderr
+    second_leg = finish(start_cli("flax_impl.train", *flags, "--max-steps", 3, "--resume",
+                                  "--out-dir", base / "resumed", env=cache))
+    assert second_leg.returncode == 0, second_leg.stderr
+    assert "resuming from" in second_leg.stderr
+    done = finish(uninterrupted)
+    assert done.returncode == 0, done.stderr
+    return base / "uninterrupted", base / "resumed"
+
+
+def test_flax_runs_in_other_processes_and_resumed_are_bit_identical(flax_runs):
+    assert_same_run(*flax_runs)
+
+
+class TutorialCNN(nn.Module):
+    """The tutorial's class as it was written (global batch size in forward and all)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(
+            nn.Conv2d(1, 16, 5), nn.ReLU(), nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2, 2))
+        self.fc_layer = nn.Sequential(nn.Linear(64 * 3 * 3, 100), nn.ReLU(), nn.Linear(100, 10))
+
+    def forward(self, x):
+        out = self.layer(x)
+        out = out.view(TUTORIAL_BATCH_SIZE, -1)
+        return self.fc_layer(out)
+
+
+TUTORIAL_BATCH_SIZE = 1000  # divides 10,000, so the tutorial's view() sees only full batches
+
+
+def test_tutorial_pt_loads_in_both_evaluate_clis(torch_runs, real_splits, tmp_path, capsys):
+    model = TutorialCNN()
+    trained = load_file(str(torch_runs[0] / "model.safetensors"))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in trained.items()})
+    pt = tmp_path / "tutorial.pt"
+    torch.save(model.state_dict(), pt)
+    results = {}
+    for module in ("torch_impl.evaluate", "flax_impl.evaluate"):
+        main = importlib.import_module(module).main
+        out = tmp_path / f"{module}.json"
+        results[module] = run_in_process(main, ["--weights", str(pt), "--no-progress", "--out",
+                                                str(out), "--device", "cpu"],
+                                         f"python -m {module}", capsys), out
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in loaders.eval_batches(real_splits[1],
+                                                   batch_size=TUTORIAL_BATCH_SIZE):
+            correct += int((model(images).argmax(dim=1) == labels).sum())
+    training_metrics, _ = read_run(torch_runs[0])
+    assert training_metrics["test_correct"] == correct
+    for module, ((code, stdout, stderr), out) in results.items():
+        assert code == 0, stderr
+        assert f"({correct}/10000)" in stdout, (module, stdout)
+        assert json.loads(out.read_text())["test_correct"] == correct
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------
+
+
+def _interrupt_when_stepping(args, min_step, timeout=300):
+    """Run a CLI with stderr on a terminal; SIGINT once its progress bar shows `min_step`."""
+    controller, terminal = pty.openpty()
+    # A fresh pty is 0 columns wide, and tqdm draws nothing in 0 columns.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=REPO, env=cli_env(),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
+                               text=True)
+    os.close(terminal)
+    shown, sent, deadline = b"", False, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            shown += chunk
+            steps = [int(n) for n in re.findall(rb"\| *(\d+)/\d+ \[", shown)]
+            if not sent and steps and max(steps) >= min_step:
+                process.send_signal(signal.SIGINT)
+                sent = True
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    stdout = process.communicate(timeout=60)[0]
+    return process.returncode, stdout, shown.decode(errors="replace"), sent
+
+
+@pytest.fixture(scope="module")
+def sigint_runs(mnist_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("sigint")
+    flags = ["--batch-size", 16, "--max-steps", 80]
+    reference = start_cli("torch_impl.train", *flags, "--no-progress",
+                          "--out-dir", base / "reference")
+    code, _, terminal, sent = _interrupt_when_stepping(
+        ["torch_impl.train", *flags, "--out-dir", base / "run"], min_step=5)
+    done = finish(reference)
+    assert done.returncode == 0, done.stderr
+    return base, code, terminal, sent
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(sigint_runs):
+    base, code, terminal, sent = sigint_runs
+    assert sent, terminal
+    assert code == 130, terminal
+    assert "Traceback" not in terminal
+    match = re.search(r"SIGINT after step (\d+) \(epoch 1, batch \1 of 3750\); checkpoint saved "
+                      r"in (\S+)\. Resume with: (.+?)\s*$", terminal, re.MULTILINE)
+    assert match, terminal
+    step = int(match.group(1))
+    assert 5 <= step < 80
+    assert (base / "run" / "checkpoints" / "latest").read_text() == f"step-{step:07d}\n"
+    assert not (base / "run" / "metrics.json").exists()
+
+    # The printed command finishes the run; the result is the uninterrupted one, bit for bit.
+    command = shlex.split(match.group(3))
+    assert command[:3] == ["python", "-m", "torch_impl.train"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=cli_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {base / 'run' / 'checkpoints'}" in resumed.stderr
+    assert_same_run(base / "run", base / "reference")
