@@ -44,18 +44,20 @@ class CNN(nn.Module):
     """
 
     conv_general_dilated: object = None  # None: lax.conv_general_dilated
+    max_pool: object = None  # None: nn.max_pool
 
     @nn.compact
     def __call__(self, x):
         cgd = self.conv_general_dilated
+        pool = self.max_pool or nn.max_pool
         x = conv(16, 1, "layer_0", cgd)(x)  # (N, 24, 24, 16)
         x = nn.relu(x)
         x = conv(32, 16, "layer_2", cgd)(x)  # (N, 20, 20, 32)
         x = nn.relu(x)
-        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 10, 10, 32)
+        x = pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 10, 10, 32)
         x = conv(64, 32, "layer_5", cgd)(x)  # (N, 6, 6, 64)
         x = nn.relu(x)
-        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 3, 3, 64)
+        x = pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 3, 3, 64)
         x = x.reshape((x.shape[0], -1))  # (N, 576), ordered (H, W, C); convert.py permutes
         x = dense(100, 576, "fc_layer_0")(x)
         x = nn.relu(x)

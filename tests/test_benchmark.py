@@ -1,0 +1,203 @@
+"""Tests of benchmarks/run.py: the CLI, and that a --quick run writes every promised field."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = REPO / "benchmarks" / "run.py"
+QUICK_TIMEOUT_S = 300  # a --quick run takes well under a minute on 2 idle cores
+
+STATS = {"median", "min", "max"}
+
+
+def _run(*args, timeout=120):
+    return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("benchmark_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One `--quick --device cpu --no-epoch` run: (results dict, out dir, completed process)."""
+    out = tmp_path_factory.mktemp("bench")
+    done = _run("--quick", "--device", "cpu", "--no-epoch", "--out-dir", str(out),
+                timeout=QUICK_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "cpu.json").read_text()), out, done
+
+
+def _assert_stats(stats):
+    assert STATS <= set(stats), stats
+    assert 0 < stats["min"] <= stats["median"] <= stats["max"]
+
+
+def test_help_exits_0():
+    done = _run("--help")
+    assert done.returncode == 0
+    for flag in ("--quick", "--device", "--batch-sizes", "--variants", "--repeats", "--out-dir",
+                 "--no-epoch", "--time-to-accuracy"):
+        assert flag in done.stdout
+    assert "default: 64,256,1024" in done.stdout
+
+
+@pytest.mark.parametrize("args", [("--batch-sizes", "0"), ("--variants", "torch-eager,nope"),
+                                  ("--device", "tpu")])
+def test_bad_value_is_one_line_exit_2(args, tmp_path):
+    done = _run(*args, "--out-dir", str(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("benchmarks/run.py: error: ")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_quick_run_writes_json_markdown_png(quick):
+    _, out, done = quick
+    assert sorted(p.name for p in out.iterdir()) == ["cpu.json", "cpu.md", "cpu.png"]
+    assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "cpu.md").read_text()
+    assert "× torch-eager" in text  # the ratio column
+    assert "| torch-eager |" in text and "| flax-jit |" in text
+    assert text.strip() in done.stdout  # the table is printed at the end
+    assert "[cpu] training, batch 64" in done.stderr  # progress lines
+
+
+def test_quick_run_environment_and_method(quick):
+    results, _, _ = quick
+    assert results["schema"] == "mnist-cnn-benchmark/1"
+    assert results["device"] == "cpu" and results["quick"] is True
+    env = results["environment"]
+    for key in ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "numpy", "python"):
+        assert env["versions"][key], key
+    for key in ("cpu_model", "cpu_count", "torch_num_threads", "load_average", "platform"):
+        assert env[key] is not None, key
+    assert results["method"]["repeats"] == 2
+    assert results["wall_seconds"] > 0
+
+
+def test_quick_run_flops_from_shapes(quick):
+    flops = quick[0]["flops"]
+    layers = {row["layer"]: row for row in flops["layers"]}
+    assert list(layers) == ["layer.0", "layer.2", "layer.5", "fc_layer.0", "fc_layer.2"]
+    # The tutorial's shapes: conv 1->16 on 28x28 gives 16x24x24 from 5x5 kernels.
+    assert layers["layer.0"]["macs_per_image"] == 16 * 24 * 24 * 1 * 5 * 5
+    assert layers["fc_layer.0"]["macs_per_image"] == 576 * 100
+    assert flops["forward_per_image"] == 2 * sum(r["macs_per_image"] for r in layers.values())
+    assert flops["train_per_image"] == 3 * flops["forward_per_image"]
+    assert "3 x forward" in flops["convention"]
+    xla = flops["xla_cost_analysis_forward_per_image"]
+    assert xla is None or abs(xla / flops["forward_per_image"] - 1) < 0.05
+
+
+def test_quick_run_peak_gemm(quick):
+    results = quick[0]
+    gemm = results["peak_gemm"]
+    assert gemm["size"] == 2048
+    for name in ("torch", "jax"):
+        _assert_stats(gemm[name]["gflop_per_second"])
+    assert results["peak_gflop_per_second"] == gemm["torch"]["gflop_per_second"]["median"]
+
+
+def test_quick_run_every_variant_and_batch(quick):
+    results = quick[0]
+    variants = results["variants"]
+    assert "torch-compile" not in variants  # --quick leaves it out
+    ran = [name for name, v in variants.items() if v["status"] == "ok"]
+    assert {"torch-eager", "torch-channels-last", "flax-jit"} <= set(ran)
+    for name in ran:
+        train = results["train"]["64"][name]
+        _assert_stats(train["images_per_second"])
+        _assert_stats(train["seconds_per_call"])
+        _assert_stats(train["gflop_per_second"])
+        assert len(train["seconds_per_call"]["samples"]) == 2
+        assert train["calls_per_window"] == [2, 2]
+        assert train["first_call_seconds"] > 0
+        assert 0 < train["percent_of_peak"]
+        assert train["memory"]["host_peak_rss_bytes"] > 0
+        assert len(train["other_load_per_window"]) == 2  # other processes' share of the CPUs
+        assert all(0 <= load <= 1 for load in train["other_load_per_window"])
+        for batch in ("1", "256"):
+            inference = results["inference"][batch][name]
+            _assert_stats(inference["images_per_second"])
+            assert inference["first_call_seconds"] > 0
+            assert inference["percent_of_peak"] > 0
+        _assert_stats(results["latency_ms"][name])
+
+
+def test_quick_run_layers(quick):
+    layers = quick[0]["layers"]
+    assert layers["batch_size"] == 64
+    assert len(layers["rows"]) == 5
+    for row in layers["rows"]:
+        for key in ("forward_ms", "forward_backward_ms"):
+            assert {"torch", "flax"} <= set(row[key]), row["layer"]
+            for stats in row[key].values():
+                _assert_stats(stats)
+
+
+def test_quick_run_memory_and_skips(quick):
+    results = quick[0]
+    assert results["memory"]["host_peak_rss_bytes"] > 0
+    assert results["memory"]["torch_device_peak_bytes"] is None  # CPU
+    assert results["epoch"] == {"skipped": "--no-epoch"}
+    assert "skipped" in results["time_to_accuracy"]
+
+
+def test_flax_xla_conv_runs_only_when_it_differs(quick):
+    run = _load_run_module()
+    device = run.find_devices("cpu")[0]
+    custom = run.flax_uses_custom_conv(device.jax)
+    assert (quick[0]["variants"]["flax-xla-conv"]["status"] == "ok") == custom
+
+
+def test_render_rewrites_reports_even_for_an_interrupted_run(quick, tmp_path, capsys):
+    """--render: .md and .png from a JSON alone (a GPU image may lack matplotlib)."""
+    results = dict(quick[0], complete=False)
+    for key in ("inference", "latency_ms", "layers", "epoch", "time_to_accuracy", "memory"):
+        results.pop(key)
+    (tmp_path / "cpu.json").write_text(json.dumps(results))
+    _load_run_module().render(tmp_path / "cpu.json")
+    text = (tmp_path / "cpu.md").read_text()
+    assert "Interrupted" in text and "× torch-eager" in text
+    assert (tmp_path / "cpu.png").stat().st_size > 0
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+def _tiny_splits(train=40, test=24):
+    rng = np.random.default_rng(0)
+    return ((rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
+             rng.integers(0, 10, train)),
+            (rng.integers(0, 256, (test, 28, 28), dtype=np.uint8), rng.integers(0, 10, test)))
+
+
+def test_epoch_and_time_to_accuracy_on_tiny_data(tmp_path):
+    """The real-data code paths, on 40 random images in batches of 16 (last batch 8)."""
+    run = _load_run_module()
+    settings = run.parse_settings(["--quick", "--out-dir", str(tmp_path)])
+    device = run.find_devices("cpu")[0]
+    config = run.Config(batch_size=16, epochs=2)
+    epoch = run.measure_epoch(device, _tiny_splits(), settings, config)
+    assert settings.epoch_max_steps == 2
+    for name in ("torch-eager", "flax-jit"):
+        assert epoch[name]["steps"] == 2 and epoch[name]["images"] == 32
+        assert not epoch[name]["complete_epoch"]
+        assert epoch[name]["seconds"] > 0 and 0 <= epoch[name]["test_accuracy"] <= 1
+    tta = run.measure_time_to_accuracy(device, _tiny_splits(), config)
+    for name in ("torch-eager", "flax-jit"):
+        result = tta[name]
+        assert result["max_epochs"] == 2
+        assert len(result["epochs"]) == (result["epochs_to_target"] or 2)
+        assert result["reached"] == (result["seconds_to_target"] is not None)
+        assert result["warmup_seconds"] > 0
