@@ -1219,7 +1219,7 @@ def header_lines(results):
                   + f" (others' CPU up to {fmt_share(others)}). % of peak below refers to "
                   f"torch's.", ""]
     busiest = max(other_loads(results), default=None)
-    if busiest is not None and busiest > BUSY_WARNING:
+    if results["device"] == "cpu" and busiest is not None and busiest > BUSY_WARNING:
         lines += [f"**Warning: other processes used up to {fmt_share(busiest)} of the CPUs during "
                   f"some measurements (listed with each table). torch's OpenMP threads slow down "
                   f"many times over when they must share cores; XLA's thread pool much less. "

@@ -25,6 +25,9 @@ ADAM_STEP_ATOL = 1e-6
 # Over the first 10 steps rounding differences have not yet compounded; 1e-4 absolute is half of
 # one step's size (lr = 2e-4), so a wrong formula or layout would be caught.
 TRAJECTORY_ATOL = 1e-4
+# After 100 steps the drift is chaotic: one gap against another varies by a factor of a few from
+# batch to batch, so "the same order as torch's own drift" is at most twice it.
+NOISE_FLOOR_FACTOR = 2
 
 
 def torch_loss_and_grads(weights, batch):
@@ -176,15 +179,20 @@ def test_100_steps_stay_within_torchs_own_float32_noise(canonical_weights, mnist
         canonical_weights, batches)
     channels_last = torch_state(canonical_weights)
     channels_last.model.to(memory_format=torch.channels_last)
+    torch_cl_losses = []
     for images, labels in batches:
-        channels_last, _ = torch_train.train_step(
+        channels_last, loss = torch_train.train_step(
             channels_last, (images.contiguous(memory_format=torch.channels_last), labels))
+        torch_cl_losses.append(loss)
     torch_cl_params, _ = torch_train.state_to_arrays(channels_last)
 
     assert torch_losses[-10:].mean() < 0.5 * torch_losses[:10].mean()  # it learned
     np.testing.assert_allclose(flax_losses[:10], torch_losses[:10], rtol=0, atol=TRAJECTORY_ATOL)
     noise_floor = max_gap(torch_cl_params, torch_params)
     assert noise_floor > 0  # the two torch runs really took different summation orders
-    assert max_gap(flax_params, torch_params) <= noise_floor
-    # Both trajectories describe the same training: per-step losses within 1 % of each other.
-    np.testing.assert_allclose(flax_losses, torch_losses, rtol=1e-2, atol=0)
+    # Same order as torch's own drift: measured 1.0x here at batch 64 and 0.11x at batch 256;
+    # a wrong layout or optimiser formula diverges from the first steps (checked above).
+    assert max_gap(flax_params, torch_params) <= NOISE_FLOOR_FACTOR * noise_floor
+    # The per-step losses too: Flax's largest gap to torch is of the order of torch's own.
+    loss_floor = np.abs(np.array(torch_cl_losses) - torch_losses).max()
+    assert np.abs(flax_losses - torch_losses).max() <= NOISE_FLOOR_FACTOR * loss_floor
