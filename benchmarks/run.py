@@ -67,7 +67,7 @@ import flax_impl.model as flax_model
 import flax_impl.train as flax_train
 import torch_impl.train as torch_train
 from mnist_common import data, loaders
-from mnist_common.config import Config
+from mnist_common.config import Config, positive_int
 from mnist_common.errors import DataError, UsageError, run_cli
 from mnist_common.fileio import atomic_path, write_text_atomic
 from torch_impl.model import CNN as TorchCNN
@@ -1506,16 +1506,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def non_negative_float(text):

@@ -47,7 +47,7 @@ class Config:
                              f"(choose {', '.join(LOADERS)})")
 
 
-def _positive_int(text):
+def positive_int(text):
     try:
         value = int(text)
     except ValueError:
@@ -85,9 +85,9 @@ def build_parser(framework, description):
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs, metavar="N",
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, metavar="N",
                         help="number of passes over the 60,000 training images")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         metavar="N", help="training images per step")
     parser.add_argument("--lr", type=_positive_float, default=defaults.lr, metavar="LR",
                         help="Adam learning rate")
@@ -103,7 +103,7 @@ def build_parser(framework, description):
     parser.add_argument("--loader", choices=LOADERS, default=defaults.loader,
                         help="memory: batches cut from the in-memory uint8 array; dataloader: "
                              "torch DataLoader over torchvision's dataset (same batches)")
-    parser.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                         help="stop training after N steps (still evaluate and write outputs)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
