@@ -74,6 +74,10 @@ class Hooks:
     evaluate: Callable  # (state, batches) -> {"loss", "accuracy", "correct", "examples"}
     state_to_arrays: Callable  # state -> (canonical params, optimizer arrays)
     state_from_arrays: Callable  # (state, params, optimizer arrays) -> state
+    # Data-parallel runs: only the writer (rank / process 0) writes files and talks; every
+    # process must stop at the same step, so a stop request is agreed on (any -> all).
+    writer: bool = True
+    agree_stop: Callable = bool  # (this process wants to stop) -> (all processes stop)
 
 
 class Checkpoint(NamedTuple):
@@ -376,6 +380,9 @@ def fit(config, hooks, state):
         # Checked before creating anything, so a mistyped --out-dir leaves no empty dir behind.
         raise UsageError(f"--resume: no checkpoint in {config.out_dir} "
                          f"(expected {checkpoint_root(config.out_dir) / LATEST})")
+    if not hooks.writer:  # another process of a data-parallel run writes; this one only reads
+        resumed = load_checkpoint(config.out_dir) if config.resume else None
+        return _fit_locked(config, hooks, state, Path(config.out_dir), resumed, prog)
     out_dir = prepare_out_dir(config.out_dir)
     with out_dir_lock(out_dir):
         _remove_stale_temp_files(out_dir)
@@ -440,7 +447,8 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
             raise UsageError(f"the weights ({bad[0]}) became NaN or infinite by step "
                              f"{progress['global_step']}; stopped, {kept()}; try a smaller --lr")
         try:
-            save_checkpoint(out_dir, params, optimizer, progress)
+            if hooks.writer:
+                save_checkpoint(out_dir, params, optimizer, progress)
         except OSError as err:
             raise UsageError(f"cannot write a checkpoint into {checkpoint_root(out_dir)} "
                              f"({err.strerror or err})") from None
@@ -457,22 +465,23 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
 
     def stop(signum):
         checkpoint(state)
-        _say(f"{prog}: {signal.Signals(signum).name} after {position()}; checkpoint saved in "
+        say(f"{prog}: {signal.Signals(signum).name} after {position()}; checkpoint saved in "
              f"{checkpoint_root(out_dir)}. Resume with: {resume_command(hooks.framework, config)}")
         raise SystemExit(128 + signum)
 
+    say = _say if hooks.writer else (lambda message: None)
     if resumed is None:
-        _say(f"{hooks.framework}: training {total_steps} steps ({steps_per_epoch} per epoch, "
+        say(f"{hooks.framework}: training {total_steps} steps ({steps_per_epoch} per epoch, "
              f"batch size {config.batch_size}) on {hooks.device}")
     elif progress["global_step"] < total_steps:
-        _say(f"{hooks.framework}: resuming from {resumed.path} after {position()}, "
+        say(f"{hooks.framework}: resuming from {resumed.path} after {position()}, "
              f"training to step {total_steps}")
     else:
-        _say(f"{hooks.framework}: the checkpoint in {resumed.path} is already at step "
+        say(f"{hooks.framework}: the checkpoint in {resumed.path} is already at step "
              f"{total_steps}; nothing to train, re-evaluating and rewriting the outputs")
 
     bar = reporting.progress_bar(None, total=total_steps, desc=hooks.framework,
-                                 enabled=config.progress, leave=True)
+                                 enabled=config.progress and hooks.writer, leave=True)
     bar.update(progress["global_step"])
     with _StopRequests() as stop_requests:
         while progress["global_step"] < total_steps:
@@ -481,6 +490,7 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
                 train_split, seed=config.seed, epoch=epoch, batch_size=config.batch_size,
                 loader=config.loader, root=root, start_step=progress["step_in_epoch"])
             start = time.perf_counter()
+            stopping = False
             for images, labels in batches:
                 new_state, loss = hooks.train_step(state, hooks.to_batch(images, labels))
                 if not math.isfinite(loss):
@@ -495,7 +505,10 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
                 progress["global_step"] += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", refresh=False)
-                if progress["global_step"] >= total_steps or stop_requests.signum:
+                # One decision per step, taken together: a signal that lands after it waits for the
+                # next step, so every process of a data-parallel run stops at the same step.
+                stopping = hooks.agree_stop(stop_requests.signum is not None)
+                if progress["global_step"] >= total_steps or stopping:
                     break
             progress["train_seconds"] += time.perf_counter() - start
             if progress["step_in_epoch"] == steps_per_epoch:
@@ -506,9 +519,9 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
                 progress["epoch"] += 1
                 progress["step_in_epoch"] = 0
                 checkpoint(state)
-            if stop_requests.signum:
+            if stopping:
                 bar.close()
-                stop(stop_requests.signum)
+                stop(stop_requests.signum or signal.SIGTERM)  # SIGTERM: another process's
             if progress["global_step"] >= total_steps:
                 checkpoint(state)  # a --max-steps stop mid-epoch; a no-op after an epoch's end
         bar.close()
@@ -524,6 +537,8 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
     final = records[-1]
 
     params, _ = hooks.state_to_arrays(state)
+    if not hooks.writer:
+        return None
     full_epochs, rest = divmod(progress["global_step"], steps_per_epoch)
     images_seen = full_epochs * num_train + rest * config.batch_size
     metrics = {

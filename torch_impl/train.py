@@ -1,5 +1,6 @@
 """Train the tutorial's CNN with PyTorch: `python -m torch_impl.train --help`."""
 
+import dataclasses
 import platform
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ from mnist_common.config import parse_config
 from mnist_common.errors import UsageError, run_cli
 from mnist_common.training import Hooks, fit
 from mnist_common.weights import CANONICAL_SHAPES
+from torch_impl import distributed
 from torch_impl.model import CNN
 
 
@@ -150,9 +152,30 @@ def train_and_evaluate(config):
     Returns:
       The metrics dict also written to `metrics.json`.
     """
+    if distributed.requested():  # started by torchrun with several processes
+        return _train_distributed(config)
     device = select_device(config.device)
     state = create_train_state(config, device)
     return fit(config, make_hooks(device), state)
+
+
+def _train_distributed(config):
+    """One rank of a data-parallel run (see `torch_impl/distributed.py`)."""
+    context = distributed.init(config.device)
+    try:
+        distributed.check_batch_size(config.batch_size, context)
+        state = distributed.wrap(create_train_state(config, context.device), context)
+        hooks = dataclasses.replace(
+            make_hooks(context.device),
+            device=distributed.describe(context, describe_device(context.device)),
+            to_batch=distributed.to_batch(context),
+            train_step=distributed.train_step,
+            evaluate=distributed.evaluate,
+            writer=context.rank == 0,
+            agree_stop=distributed.agree_stop(context))
+        return fit(config, hooks, state)
+    finally:
+        distributed.shutdown()
 
 
 def main(argv=None):
