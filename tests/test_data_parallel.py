@@ -9,6 +9,7 @@ canonical arrays, not a device layout, so a run resumes on another device count.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -102,6 +103,33 @@ def test_jax_two_devices_equal_one(flax_runs):
     result = flax_train(flax_runs / "two", "--max-steps", STEPS, devices=2)
     assert "x 2 devices" in result.stderr
     assert_close_runs(flax_runs / "two", flax_runs / "one")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_jax_distributed_two_processes_equal_one(flax_runs):
+    # The several-machines path (jax.distributed, gloo collectives on the CPU), on one machine.
+    address = f"127.0.0.1:{free_port()}"
+    processes = []
+    for process_id in (0, 1):
+        env = cli_env(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                      JAX_PROCESS_ID=str(process_id))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "flax_impl.train", "--no-progress", "--device", "cpu",
+             "--max-steps", str(STEPS), "--out-dir", str(flax_runs / "processes")],
+            cwd=REPO, env=env, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE))
+    results = [finish(process) for process in processes]
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 devices on 2 processes" in results[0].stderr
+    assert "test accuracy" in results[0].stdout
+    assert "test accuracy" not in results[1].stdout  # only process 0 reports and writes
+    assert_close_runs(flax_runs / "processes", flax_runs / "one")
 
 
 def test_jax_checkpoints_move_between_device_counts(flax_runs, tmp_path):
