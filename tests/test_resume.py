@@ -98,6 +98,8 @@ def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path
 
     monkeypatch.setattr(torch_train, "train_step", step_then_sigint)
     out_dir = tmp_path / "run"
+    # Python's KeyboardInterrupt handler, or SIG_IGN when this process started in the background
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as exit_:
         train("torch", out_dir, epochs=3)
     assert exit_.value.code == 130
@@ -105,7 +107,7 @@ def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path
     assert "SIGINT after step 10 (epoch 2, batch 3 of 7)" in err
     assert f"--resume --out-dir {out_dir} --epochs 3 --batch-size 16 --no-progress" in err
     assert checkpoint_step(out_dir) == 10
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is restored
 
     # A fresh run must not throw the unfinished run away.
     monkeypatch.setattr(torch_train, "train_step", real_step)
