@@ -124,6 +124,17 @@ def create_model(device=None):
     return CNN()
 
 
+# Forward-only graphs (evaluation, prediction) use the stock module on every platform: the CPU
+# ops of `create_model` pay off in the gradient; XLA:CPU's own forward is faster (whole model,
+# batch 1000: 90 ms vs 179 ms with `cpu_conv`) and equals it to <= 5e-7 relative.
+INFERENCE_MODEL = CNN()
+
+
+def logits(params, images):
+    """The CNN's logits (N, 10) for NHWC `images`; jit it, or call it inside a jitted function."""
+    return INFERENCE_MODEL.apply({"params": params}, images)
+
+
 def create_train_state(rng, config, device=None):
     """Params drawn with torch's default init distributions from `rng`, and Optax Adam.
 
@@ -172,10 +183,10 @@ def eval_step(state, batch):
     """Summed loss, correct count and example count of one batch (padding excluded)."""
     images, labels, *mask = batch
     keep = mask[0] if mask else jnp.ones(labels.shape, jnp.float32)
-    logits = state.apply_fn({"params": state.params}, images)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    out = logits(state.params, images)
+    losses = optax.softmax_cross_entropy_with_integer_labels(out, labels)
     loss_sum = (losses * keep).sum() if mask else losses.sum()
-    correct = ((logits.argmax(axis=1) == labels) * keep).sum()
+    correct = ((out.argmax(axis=1) == labels) * keep).sum()
     return {"loss": loss_sum, "correct": correct, "examples": keep.sum()}
 
 

@@ -31,7 +31,7 @@ def torch_predictions(weights, test_split):
 
 def flax_predictions(weights, test_split):
     state = flax_state(weights)
-    predict = jax.jit(lambda params, x: state.apply_fn({"params": params}, x).argmax(1))
+    predict = jax.jit(lambda params, x: flax_train.logits(params, x).argmax(1))
     return np.concatenate([np.asarray(predict(state.params, to_numpy_batch(x, y)[0]))
                            for x, y in loaders.eval_batches(test_split)])
 

@@ -228,3 +228,17 @@ def test_train_step_uses_cpu_ops_on_cpu():
     jaxpr = str(jax.make_jaxpr(flax_train.train_step)(state, (images, labels)))
     assert "custom_vjp_call" in jaxpr
     assert "select_and_scatter" not in jaxpr and "reduce_window" not in jaxpr
+
+
+def test_evaluation_uses_the_stock_forward_and_it_equals_the_cpu_one():
+    # eval_step / logits run the stock module (XLA's forward is the faster one); the CPU
+    # training model's forward gives the same logits to the forward tolerance.
+    images, _ = mnist_like_batch(37)
+    stock = CNN()
+    shapes = jax.eval_shape(stock.init, jax.random.PRNGKey(0), images[:1])["params"]
+    params = torch_like_params(shapes)
+    assert flax_train.INFERENCE_MODEL == stock
+    expected = jax.jit(flax_train.create_model(jax.devices("cpu")[0]).apply)({"params": params},
+                                                                            images)
+    actual = jax.jit(flax_train.logits)(params, images)
+    assert relative_error(actual, expected) <= FORWARD_RTOL
