@@ -96,7 +96,7 @@ def _replicated(placement):
 
 
 def _put(tree, sharding):
-    """NumPy values (the same in every process) -> arrays with `sharding`."""
+    """NumPy or one-device values (the same in every process) -> arrays with `sharding`."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
     return jax.tree_util.tree_map(
@@ -145,10 +145,7 @@ def create_train_state(rng, config, device=None):
     # torch.optim.Adam's defaults: betas (0.9, 0.999), eps 1e-8 (eps outside the sqrt).
     tx = optax.adam(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    if device is None:
-        return state
-    return _put(_fetch(state), _replicated(device)) if isinstance(device, Mesh) \
-        else jax.device_put(state, device)
+    return state if device is None else _put(state, _replicated(device))
 
 
 def cross_entropy(logits, labels, mask=None):

@@ -463,13 +463,14 @@ def _fit_locked(config, hooks, state, out_dir, resumed, prog):
         batches = loaders.eval_batches(test_split, loader=config.loader, root=root)
         return hooks.evaluate(state, (hooks.to_batch(x, y) for x, y in batches))
 
+    say = _say if hooks.writer else (lambda message: None)
+
     def stop(signum):
         checkpoint(state)
         say(f"{prog}: {signal.Signals(signum).name} after {position()}; checkpoint saved in "
              f"{checkpoint_root(out_dir)}. Resume with: {resume_command(hooks.framework, config)}")
         raise SystemExit(128 + signum)
 
-    say = _say if hooks.writer else (lambda message: None)
     if resumed is None:
         say(f"{hooks.framework}: training {total_steps} steps ({steps_per_epoch} per epoch, "
              f"batch size {config.batch_size}) on {hooks.device}")

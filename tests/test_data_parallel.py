@@ -22,13 +22,20 @@ TOLERANCE = 1e-5
 pytestmark = pytest.mark.slow
 
 
-def run(command, env=None, timeout=600):
-    process = subprocess.Popen(command, cwd=REPO, env=env or cli_env(), text=True,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+def start(command, env=None):
+    return subprocess.Popen(command, cwd=REPO, env=env or cli_env(), text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def succeeded(process, timeout=600):
     result = finish(process, timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def run(command, env=None, timeout=600):
+    return succeeded(start(command, env), timeout)
 
 
 def torch_train(out_dir, *args, processes=1):
@@ -90,13 +97,16 @@ def test_torchrun_two_processes_equal_one(torch_runs):
     assert "2 processes" in metrics["device"]
 
 
+def assert_resumes_across_counts(train, many, reference, tmp_path):
+    """Half the steps on many, the rest resumed on one; and the reverse: both equal `reference`."""
+    for name, first, then in (("many-then-one", many, {}), ("one-then-many", {}, many)):
+        train(tmp_path / name, "--max-steps", STEPS // 2, **first)
+        train(tmp_path / name, "--max-steps", STEPS, "--resume", **then)
+        assert_close_runs(tmp_path / name, reference)
+
+
 def test_torch_checkpoints_move_between_process_counts(torch_runs, tmp_path):
-    torch_train(tmp_path / "two-then-one", "--max-steps", STEPS // 2, processes=2)
-    torch_train(tmp_path / "two-then-one", "--max-steps", STEPS, "--resume")
-    assert_close_runs(tmp_path / "two-then-one", torch_runs / "one")
-    torch_train(tmp_path / "one-then-two", "--max-steps", STEPS // 2)
-    torch_train(tmp_path / "one-then-two", "--max-steps", STEPS, "--resume", processes=2)
-    assert_close_runs(tmp_path / "one-then-two", torch_runs / "one")
+    assert_resumes_across_counts(torch_train, {"processes": 2}, torch_runs / "one", tmp_path)
 
 
 def test_jax_two_devices_equal_one(flax_runs):
@@ -114,18 +124,12 @@ def free_port():
 def test_jax_distributed_two_processes_equal_one(flax_runs):
     # The several-machines path (jax.distributed, gloo collectives on the CPU), on one machine.
     address = f"127.0.0.1:{free_port()}"
-    processes = []
-    for process_id in (0, 1):
-        env = cli_env(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                      JAX_PROCESS_ID=str(process_id))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "flax_impl.train", "--no-progress", "--device", "cpu",
-             "--max-steps", str(STEPS), "--out-dir", str(flax_runs / "processes")],
-            cwd=REPO, env=env, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE))
-    results = [finish(process) for process in processes]
-    for result in results:
-        assert result.returncode == 0, result.stderr[-3000:]
+    command = [sys.executable, "-m", "flax_impl.train", "--no-progress", "--device", "cpu",
+               "--max-steps", str(STEPS), "--out-dir", str(flax_runs / "processes")]
+    processes = [start(command, cli_env(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                                        JAX_PROCESS_ID=str(process_id)))
+                 for process_id in (0, 1)]  # both running: each waits for the other
+    results = [succeeded(process) for process in processes]
     assert "x 2 devices on 2 processes" in results[0].stderr
     assert "test accuracy" in results[0].stdout
     assert "test accuracy" not in results[1].stdout  # only process 0 reports and writes
@@ -133,12 +137,7 @@ def test_jax_distributed_two_processes_equal_one(flax_runs):
 
 
 def test_jax_checkpoints_move_between_device_counts(flax_runs, tmp_path):
-    flax_train(tmp_path / "two-then-one", "--max-steps", STEPS // 2, devices=2)
-    flax_train(tmp_path / "two-then-one", "--max-steps", STEPS, "--resume")
-    assert_close_runs(tmp_path / "two-then-one", flax_runs / "one")
-    flax_train(tmp_path / "one-then-two", "--max-steps", STEPS // 2)
-    flax_train(tmp_path / "one-then-two", "--max-steps", STEPS, "--resume", devices=2)
-    assert_close_runs(tmp_path / "one-then-two", flax_runs / "one")
+    assert_resumes_across_counts(flax_train, {"devices": 2}, flax_runs / "one", tmp_path)
 
 
 def test_jax_batch_not_divisible_by_devices_is_padded_and_masked(tmp_path, mnist_root):
