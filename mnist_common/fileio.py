@@ -1,29 +1,89 @@
-"""Atomic file writes: a temp name in the destination directory, fsync, then rename."""
+"""File utilities, one home each: atomic writes, fsync, hashing, locks, temp sweeps, status lines.
+
+A full disk (or any other write failure) surfaces from here as `OSError`, whatever library did
+the writing: `atomic_path` turns a failed write inside it into an `OSError` carrying the errno
+when one is known, so callers catch one exception type and report it in one line.
+"""
 
 import contextlib
+import errno
+import hashlib
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent users of one directory are then not detected
+    fcntl = None
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def say(message):
+    """A status line on stderr (stdout is for results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def sha256_file(path):
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_file(path):
+    """Flush a file's data to disk, so a rename cannot outrun it."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path):
+    """Flush a directory's entries, so a rename in it survives a power cut (best effort)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is atomic regardless
+    finally:
+        os.close(fd)
+
+
+def as_os_error(err):
+    """`err` as an OSError: library write errors (safetensors, PIL) often are not one."""
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if "No space left" in text or "os error 28" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, text.splitlines()[0] if text else type(err).__name__)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed.
+
+    Any exception raised by a writer inside the block (other than an interrupt) is re-raised
+    as an OSError, so a full disk reads the same whichever library hit it.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a normal file respects the umask
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, Exception) and not isinstance(err, OSError):
+            raise as_os_error(err) from err
         raise
 
 
@@ -38,12 +98,34 @@ def write_text_atomic(path, text):
     write_bytes_atomic(path, text.encode())
 
 
-def fsync_dir(path):
-    """Flush a directory's entries, so a rename in it survives a power cut (best effort)."""
-    fd = os.open(path, os.O_RDONLY)
+@contextlib.contextmanager
+def exclusive_lock(lock_path, *, wait=False, on_wait=None):
+    """Hold an exclusive flock on `lock_path` (created if missing) for the block.
+
+    With `wait` False a lock held by another process raises BlockingIOError; with `wait` True
+    this blocks, calling `on_wait()` once first. The kernel releases the lock if we are killed.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is atomic regardless
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
+
+
+def remove_stale(directory, pattern):
+    """Delete what killed writers left under `directory` (call it only while holding its lock)."""
+    for entry in Path(directory).glob(pattern):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()

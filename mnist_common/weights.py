@@ -11,22 +11,10 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from mnist_common.architecture import CANONICAL_SHAPES, NUM_PARAMETERS  # noqa: F401 (re-exported)
 from mnist_common.errors import UsageError
 from mnist_common.fileio import atomic_path
 
-CANONICAL_SHAPES = {
-    "layer.0.weight": (16, 1, 5, 5),  # conv 1->16, OIHW
-    "layer.0.bias": (16,),
-    "layer.2.weight": (32, 16, 5, 5),  # conv 16->32
-    "layer.2.bias": (32,),
-    "layer.5.weight": (64, 32, 5, 5),  # conv 32->64
-    "layer.5.bias": (64,),
-    "fc_layer.0.weight": (100, 576),  # (out, in); in ordered (C, H, W) = (64, 3, 3)
-    "fc_layer.0.bias": (100,),
-    "fc_layer.2.weight": (10, 100),
-    "fc_layer.2.bias": (10,),
-}
-NUM_PARAMETERS = sum(int(np.prod(shape)) for shape in CANONICAL_SHAPES.values())  # 123,222
 
 
 def check_weights(arrays, source):
