@@ -16,7 +16,6 @@ from mnist_common.errors import UsageError
 from mnist_common.fileio import atomic_path
 
 
-
 def check_weights(arrays, source):
     """Raise UsageError unless `arrays` has exactly the canonical keys and shapes."""
     missing = [k for k in CANONICAL_SHAPES if k not in arrays]
