@@ -1,13 +1,19 @@
-"""The run configuration both CLIs share: one frozen dataclass and one argparse builder."""
+"""The run configuration both CLIs share: one frozen dataclass, one argparse builder, and the
+command lines that messages print. Importing this module imports no framework, so `--help` and
+a bad flag answer at once."""
 
 import argparse
 import dataclasses
 import math
+import shlex
 
 from mnist_common.errors import ArgumentParser, UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "gpu")
 LOADERS = ("memory", "dataloader")
+PRECISIONS = ("highest", "tf32")
+PRECISION_HELP = ("highest: true float32 convolutions and matmuls in both frameworks; tf32: "
+                  "both may use TF32 on a GPU. A CPU computes float32 either way")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +31,8 @@ class Config:
     max_steps: int | None = None  # stop training after this many steps, still evaluate
     progress: bool = True  # tqdm bars (also off when stderr is not a terminal)
     resume: bool = False  # continue from the checkpoint in out_dir
+    precision: str = "highest"  # the tutorial's float32 arithmetic; "tf32" on a GPU is faster
+    overwrite: bool = False  # replace a finished run of another framework or configuration
 
     def __post_init__(self):
         # The flags already check these; this guards a Config built in code.
@@ -42,6 +50,9 @@ class Config:
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device}: unknown device "
                              f"(choose {', '.join(DEVICES)})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: unknown precision "
+                             f"(choose {', '.join(PRECISIONS)})")
         if self.loader not in LOADERS:
             raise UsageError(f"--loader {self.loader}: unknown loader "
                              f"(choose {', '.join(LOADERS)})")
@@ -77,39 +88,69 @@ def _positive_float(text):
     return value
 
 
-def build_parser(framework, description):
-    """The flags both `torch_impl.train` and `flax_impl.train` accept (defaults shown in --help)."""
+def program(framework, tool="train"):
+    """The command that runs a CLI, as messages print it: `python -m torch_impl.train`."""
+    return f"python -m {framework}_impl.{tool}"
+
+
+def resume_command(framework, config):
+    """The command line that continues the run `config` describes."""
     defaults = Config()
-    parser = ArgumentParser(
-        prog=f"python -m {framework}_impl.train",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, metavar="N",
-                        help="number of passes over the 60,000 training images")
-    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                        metavar="N", help="training images per step")
-    parser.add_argument("--lr", type=_positive_float, default=defaults.lr, metavar="LR",
-                        help="Adam learning rate")
-    parser.add_argument("--seed", type=_seed, default=defaults.seed, metavar="S",
-                        help="seed for the initial weights and the shuffling order")
+    words = [*program(framework).split(), "--resume", "--out-dir", str(config.out_dir)]
+    for field in ("epochs", "batch_size", "lr", "seed", "device", "data_dir", "loader",
+                  "max_steps", "precision"):
+        value = getattr(config, field)
+        if value is not None and value != getattr(defaults, field):
+            words += ["--" + field.replace("_", "-"), str(value)]
+    if not config.progress:
+        words.append("--no-progress")
+    return shlex.join(words)
+
+
+def add_device_flags(parser, defaults):
+    """--device, --data-dir, --loader, --precision: shared by the training and evaluation CLIs."""
     parser.add_argument("--device", choices=DEVICES, default=defaults.device,
-                        help="where to train; auto picks the GPU when there is one")
+                        help="where to compute; auto picks the GPU when there is one "
+                             "(default: %(default)s)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="MNIST root (default: $MNIST_DATA_DIR, else a per-user cache dir)")
+                        help="MNIST root; the files go in DIR/MNIST/raw/ (default: "
+                             "$MNIST_DATA_DIR, else ~/.cache/mnist-cnn-parity)")
+    parser.add_argument("--loader", choices=LOADERS, default=defaults.loader,
+                        help="memory: batches cut from the in-memory uint8 array; dataloader: "
+                             "torch DataLoader over torchvision's dataset, the same batches "
+                             "(default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help=f"{PRECISION_HELP} (default: %(default)s)")
+
+
+def build_parser(framework, description):
+    """The flags both `torch_impl.train` and `flax_impl.train` accept; each default said once."""
+    defaults = Config()
+    parser = ArgumentParser(prog=program(framework), description=description)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, metavar="N",
+                        help="passes over the 60,000 training images (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                        metavar="N", help="training images per step (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_float, default=defaults.lr, metavar="LR",
+                        help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=_seed, default=defaults.seed, metavar="S",
+                        help="seed for the initial weights and the shuffling order "
+                             "(default: %(default)s)")
+    add_device_flags(parser, defaults)
     parser.add_argument("--out-dir", default=None, metavar="DIR",
                         help=f"where metrics.json, model.safetensors, loss.png and the checkpoint "
                              f"go (default: runs/{framework})")
-    parser.add_argument("--loader", choices=LOADERS, default=defaults.loader,
-                        help="memory: batches cut from the in-memory uint8 array; dataloader: "
-                             "torch DataLoader over torchvision's dataset (same batches)")
     parser.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
-                        help="stop training after N steps (still evaluate and write outputs)")
+                        help="stop training after N steps, still evaluate and write the outputs "
+                             "(default: train every epoch)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars")
+                        help="hide the progress bars (shown by default when stderr is a terminal)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run whose checkpoint is in --out-dir (same "
                              "--batch-size, --lr and --seed; --epochs and --max-steps may grow)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run in --out-dir made by the other framework or "
+                             "with other flags (rerunning the same command needs no flag)")
     return parser
 
 

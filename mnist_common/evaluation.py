@@ -1,33 +1,29 @@
-"""The evaluation CLI both frameworks share: canonical weights in, test metrics out."""
+"""The evaluation CLI both frameworks share: canonical weights in, test metrics out.
 
-import argparse
+The flags are parsed before a framework is imported, so `--help` and a bad flag answer at once.
+"""
+
+import importlib
 import os
 from pathlib import Path
 
-from mnist_common import data, loaders, reporting
-from mnist_common.config import DEVICES, LOADERS
+from mnist_common.config import Config, add_device_flags, program
 from mnist_common.errors import ArgumentParser, UsageError
-from mnist_common.weights import load_weights
 
 
 def build_parser(framework):
     """Flags of `python -m <framework>_impl.evaluate`."""
     parser = ArgumentParser(
-        prog=f"python -m {framework}_impl.evaluate",
+        prog=program(framework, "evaluate"),
         description=f"Evaluate canonical weights (.safetensors from either framework, or the "
-                    f"tutorial's .pt state_dict) with {framework} on all 10,000 test images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+                    f"tutorial's .pt state_dict) with {framework} on all 10,000 test images.")
     parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="model.safetensors or a .pt/.pth state_dict")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to evaluate")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="MNIST root (default: $MNIST_DATA_DIR, else a per-user cache dir)")
-    parser.add_argument("--loader", choices=LOADERS, default="memory", help="test-set loader")
+                        help="model.safetensors or a .pt/.pth state_dict (required)")
+    add_device_flags(parser, Config())
     parser.add_argument("--out", default=None, metavar="FILE",
-                        help="also write the metrics to this JSON file")
+                        help="also write the metrics to this JSON file (default: print only)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no status lines while preparing data")
+                        help="no status lines while preparing data (shown by default)")
     return parser
 
 
@@ -43,25 +39,37 @@ def _check_out_path(out):
         raise UsageError(f"--out {path}: directory {parent} is not writable")
 
 
-def evaluate_weights(framework, argv, load_model):
-    """Parse flags, load weights with `load_model(params, device_flag) -> (hooks, state)`, evaluate.
+def load_state(backend, params, device="auto", precision="highest"):
+    """(placement, a train state of `backend` holding canonical `params`)."""
+    placement = backend.select_placement(device, precision)
+    state = backend.create_train_state(Config(), placement)
+    return placement, backend.state_from_arrays(state, params, {})
+
+
+def evaluate_weights(framework, argv):
+    """Parse flags, load the weights into `framework`'s engine, evaluate on the test set.
 
     Returns the metrics dict (also printed, and written to --out when given).
     """
     args = build_parser(framework).parse_args(argv)
     if args.out:
         _check_out_path(args.out)
+    from mnist_common import data, loaders, reporting
+    from mnist_common.weights import load_weights
+
     params = load_weights(args.weights)
-    hooks, state = load_model(params, args.device)
+    backend = importlib.import_module(f"{framework}_impl.backend")
+    placement, state = load_state(backend, params, args.device, args.precision)
     root = data.prepare_data(args.data_dir, progress=args.progress)
     test_split = data.load_arrays(root, train=False)
     batches = loaders.eval_batches(test_split, loader=args.loader, root=root)
-    evaluation = hooks.evaluate(state, (hooks.to_batch(x, y) for x, y in batches))
+    evaluation = backend.evaluate(state, (backend.place_batch(placement, x, y) for x, y in batches))
     metrics = {
         "framework": framework,
         "weights": str(args.weights),
-        "device": hooks.device,
-        "versions": hooks.versions,
+        "device": backend.describe_placement(placement),
+        "precision": args.precision,
+        "versions": backend.versions(),
         "test_loss": evaluation["loss"],
         "test_accuracy": evaluation["accuracy"],
         "test_correct": evaluation["correct"],

@@ -1,12 +1,16 @@
-"""Progress bars, metrics.json, loss.png and the one-line summary, the same for both sides."""
+"""A run's outputs, the same for both sides: progress bars, metrics.json, loss.png,
+model.safetensors and the one-line summary."""
 
+import dataclasses
 import json
+import platform
 import sys
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from mnist_common.fileio import atomic_path, write_text_atomic
+from mnist_common.weights import save_weights
 
 
 def progress_bar(iterable, *, total, desc, enabled, leave=False):
@@ -54,3 +58,32 @@ def summary_line(metrics):
             f"test loss {metrics['test_loss']:.4f}, {metrics['steps']} steps in "
             f"{metrics['train_seconds']:.1f} s ({metrics['train_images_per_second']:.0f} images/s) "
             f"on {metrics['device']}")
+
+
+def build_metrics(config, framework, versions, device, progress, records, images_seen):
+    """metrics.json's content: what ran where, per-epoch records, final test figures."""
+    final = records[-1]
+    return {
+        "framework": framework,
+        "versions": {**versions, "python": platform.python_version(), "numpy": np.__version__},
+        "device": device,
+        "precision": config.precision,
+        "config": dataclasses.asdict(config),
+        "steps": progress["global_step"],
+        "epochs": records,
+        "test_loss": final["test_loss"],
+        "test_accuracy": final["test_accuracy"],
+        "test_correct": final["test_correct"],
+        "test_examples": final["test_examples"],
+        "train_seconds": progress["train_seconds"],
+        "train_images_per_second": images_seen / max(progress["train_seconds"], 1e-9),
+        "step_losses": progress["step_losses"],
+    }
+
+
+def write_outputs(out_dir, params, metrics):
+    """model.safetensors, loss.png, then metrics.json (the run's summary goes last); each file
+    is replaced atomically. A failed write (a full disk) raises OSError."""
+    save_weights(out_dir / "model.safetensors", params)
+    plot_losses(out_dir / "loss.png", metrics)
+    write_metrics(out_dir / "metrics.json", metrics)

@@ -1,14 +1,17 @@
-"""Helpers the parity tests share: seeded batches and both train states from one set of weights."""
+"""Helpers the parity tests share: seeded batches and both train states from one set of weights.
 
-import jax
+Everything runs through the engines the CLIs run, `torch_impl.backend` and `flax_impl.backend`.
+"""
+
 import numpy as np
 import torch
 
-from flax_impl import train as flax_train
+from flax_impl import backend as flax_backend
 from mnist_common.config import Config
-from torch_impl import train as torch_train
+from torch_impl import backend as torch_backend
 
-CPU = torch.device("cpu")
+TORCH_CPU = torch_backend.select_placement("cpu")
+FLAX_CPU = flax_backend.select_placement("cpu")
 
 
 def random_batch(seed, batch_size=32):
@@ -20,13 +23,24 @@ def random_batch(seed, batch_size=32):
 
 
 def torch_state(weights, lr=2e-4):
-    """A torch TrainState on the CPU holding `weights` and a fresh Adam."""
-    state = torch_train.create_train_state(Config(lr=lr), CPU)
-    return torch_train.state_from_arrays(state, weights, {})
+    """A torch train state on the CPU holding `weights` and a fresh Adam."""
+    state = torch_backend.create_train_state(Config(lr=lr), TORCH_CPU)
+    return torch_backend.state_from_arrays(state, weights, {})
 
 
 def flax_state(weights, lr=2e-4):
-    """A Flax TrainState on the CPU holding `weights` and a fresh Adam."""
-    device = jax.devices("cpu")[0]
-    state = flax_train.create_train_state(jax.random.PRNGKey(0), Config(lr=lr), device)
-    return flax_train.state_from_arrays(state, weights, {})
+    """A Flax train state on the CPU holding `weights` and a fresh Adam."""
+    state = flax_backend.create_train_state(Config(lr=lr), FLAX_CPU)
+    return flax_backend.state_from_arrays(state, weights, {})
+
+
+def torch_step(state, batch):
+    """One torch train step on loader tensors; (state, loss as a float)."""
+    state, metrics = torch_backend.train_step(state, torch_backend.place_batch(TORCH_CPU, *batch))
+    return state, float(metrics["loss"])
+
+
+def flax_step(state, batch):
+    """One Flax train step on loader tensors; (state, loss as a float)."""
+    state, metrics = flax_backend.train_step(state, flax_backend.place_batch(FLAX_CPU, *batch))
+    return state, float(metrics["loss"])

@@ -1,14 +1,12 @@
 """Same result: one epoch from identical weights on identical batches, real MNIST."""
 
-import jax
 import pytest
-import torch
-from parity_helpers import flax_state, torch_state
+from parity_helpers import FLAX_CPU, TORCH_CPU, flax_state, torch_state
 
-from flax_impl import train as flax_train
+from flax_impl import backend as flax_backend
 from mnist_common.config import Config
-from mnist_common.training import fit
-from torch_impl import train as torch_train
+from mnist_common.loop import fit
+from torch_impl import backend as torch_backend
 
 # For scale: torch alone reaches ~93.4 % after 1 epoch (seed 0, tutorial settings).
 MIN_ACCURACY = 0.92
@@ -23,10 +21,8 @@ def test_one_epoch_gives_the_same_accuracy(tmp_path, canonical_weights, mnist_ro
         return Config(epochs=1, data_dir=str(mnist_root), out_dir=str(tmp_path / name),
                       progress=False, device="cpu")
 
-    torch_metrics = fit(config("torch"), torch_train.make_hooks(torch.device("cpu")),
-                        torch_state(canonical_weights))
-    flax_metrics = fit(config("flax"), flax_train.make_hooks(jax.devices("cpu")[0]),
-                       flax_state(canonical_weights))
+    torch_metrics = fit(config("torch"), torch_backend, TORCH_CPU, torch_state(canonical_weights))
+    flax_metrics = fit(config("flax"), flax_backend, FLAX_CPU, flax_state(canonical_weights))
     for metrics in (torch_metrics, flax_metrics):
         assert metrics["test_examples"] == 10_000
         assert metrics["steps"] == 235  # ceil(60,000 / 256): the partial batch is used

@@ -2,29 +2,29 @@
 
 import jax
 import numpy as np
-from parity_helpers import flax_state, random_batch, torch_state
+from parity_helpers import FLAX_CPU, flax_state, random_batch, torch_state, torch_step
 
+from flax_impl import backend as flax_backend
 from flax_impl import convert
-from flax_impl import train as flax_train
 from mnist_common.config import Config
 from mnist_common.weights import CANONICAL_SHAPES, load_weights, save_arrays, save_weights
-from torch_impl import train as torch_train
+from torch_impl import backend as torch_backend
 
 
 def test_torch_to_flax_to_torch_round_trip_is_bit_identical(tmp_path, canonical_weights):
-    tstate, _ = torch_train.train_step(torch_state(canonical_weights), random_batch(7))
-    torch_params, torch_opt = torch_train.state_to_arrays(tstate)
+    tstate, _ = torch_step(torch_state(canonical_weights), random_batch(7))
+    torch_params, torch_opt = torch_backend.state_to_arrays(tstate)
     save_weights(tmp_path / "torch.safetensors", torch_params)
     save_arrays(tmp_path / "torch_opt.safetensors", torch_opt)
 
-    fstate = flax_train.state_from_arrays(flax_state(canonical_weights),
+    fstate = flax_backend.state_from_arrays(flax_state(canonical_weights),
                                           load_weights(tmp_path / "torch.safetensors"), torch_opt)
-    flax_params, flax_opt = flax_train.state_to_arrays(fstate)
+    flax_params, flax_opt = flax_backend.state_to_arrays(fstate)
     save_weights(tmp_path / "flax.safetensors", flax_params)
 
-    back = torch_train.state_from_arrays(torch_state(canonical_weights),
+    back = torch_backend.state_from_arrays(torch_state(canonical_weights),
                                          load_weights(tmp_path / "flax.safetensors"), flax_opt)
-    final_params, final_opt = torch_train.state_to_arrays(back)
+    final_params, final_opt = torch_backend.state_to_arrays(back)
     for key in CANONICAL_SHAPES:
         assert final_params[key].dtype == np.float32
         np.testing.assert_array_equal(final_params[key], torch_params[key], err_msg=key)
@@ -34,7 +34,7 @@ def test_torch_to_flax_to_torch_round_trip_is_bit_identical(tmp_path, canonical_
 
 
 def test_flax_params_round_trip_is_bit_identical():
-    state = flax_train.create_train_state(jax.random.PRNGKey(3), Config())
+    state = flax_backend.create_train_state(Config(seed=3), FLAX_CPU)
     params = jax.device_get(state.params)
     again = convert.canonical_to_params(convert.params_to_canonical(params))
     for layer, leaves in params.items():

@@ -2,19 +2,18 @@
 
 import itertools
 
-import jax
 import numpy as np
 import pytest
 import torch
-from parity_helpers import flax_state, torch_state
+from parity_helpers import flax_state, flax_step, torch_state, torch_step
 
+from flax_impl import backend as flax_backend
 from flax_impl import evaluate as flax_evaluate
-from flax_impl import train as flax_train
 from mnist_common import data, loaders
 from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import save_weights
+from torch_impl import backend as torch_backend
 from torch_impl import evaluate as torch_evaluate
-from torch_impl import train as torch_train
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +30,7 @@ def torch_predictions(weights, test_split):
 
 def flax_predictions(weights, test_split):
     state = flax_state(weights)
-    predict = jax.jit(lambda params, x: flax_train.logits(params, x).argmax(1))
-    return np.concatenate([np.asarray(predict(state.params, to_numpy_batch(x, y)[0]))
+    return np.concatenate([flax_backend.logits(state, to_numpy_batch(x, y)).argmax(1)
                            for x, y in loaders.eval_batches(test_split)])
 
 
@@ -40,10 +38,10 @@ def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, sp
     train_split, test_split = splits
     state = torch_state(canonical_weights)
     for batch in loaders.train_batches(train_split, seed=1, epoch=0, batch_size=256):
-        state, _ = torch_train.train_step(state, batch)
+        state, _ = torch_step(state, batch)
         if state.optimizer.state[state.model.layer[0].weight]["step"] >= 30:
             break
-    weights, _ = torch_train.state_to_arrays(state)
+    weights, _ = torch_backend.state_to_arrays(state)
     torch_classes = torch_predictions(weights, test_split)
     assert (torch_classes == test_split[1]).mean() > 0.6  # trained, not at chance
     np.testing.assert_array_equal(flax_predictions(weights, test_split), torch_classes)
@@ -54,8 +52,8 @@ def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, sp
     state = flax_state(canonical_weights)
     batches = loaders.train_batches(train_split, seed=2, epoch=0, batch_size=128)
     for batch in itertools.islice(batches, 30):
-        state, _ = flax_train.train_step(state, to_numpy_batch(*batch))
-    weights, _ = flax_train.state_to_arrays(state)
+        state, _ = flax_step(state, batch)
+    weights, _ = flax_backend.state_to_arrays(state)
     flax_classes = flax_predictions(weights, test_split)
     assert (flax_classes == test_split[1]).mean() > 0.5  # trained, not at chance (0.1)
     np.testing.assert_array_equal(torch_predictions(weights, test_split), flax_classes)
@@ -66,9 +64,9 @@ def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, spli
     state = torch_state(canonical_weights)
     batches = loaders.train_batches(train_split, seed=3, epoch=0, batch_size=256)
     for batch in itertools.islice(batches, 20):
-        state, _ = torch_train.train_step(state, batch)
+        state, _ = torch_step(state, batch)
     weights_file = tmp_path / "model.safetensors"
-    save_weights(weights_file, torch_train.state_to_arrays(state)[0])
+    save_weights(weights_file, torch_backend.state_to_arrays(state)[0])
     argv = ["--weights", str(weights_file), "--data-dir", str(mnist_root), "--device", "cpu",
             "--no-progress"]
     torch_metrics = torch_evaluate.main(argv)

@@ -7,14 +7,14 @@ import numpy as np
 import optax
 import pytest
 import torch
-from parity_helpers import flax_state, random_batch, torch_state
+from parity_helpers import flax_state, flax_step, random_batch, torch_state, torch_step
 
+from flax_impl import backend as flax_backend
 from flax_impl import convert
-from flax_impl import train as flax_train
 from mnist_common import data, loaders
 from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import CANONICAL_SHAPES
-from torch_impl import train as torch_train
+from torch_impl import backend as torch_backend
 
 # Loss and gradients: the same float32 sums in other orders; relative to each tensor's largest
 # entry, a few ulps (1.2e-7 each) summed over at most ~600 terms stays well below 1e-5.
@@ -44,7 +44,7 @@ def flax_loss_and_grads(weights, batch):
     x, y = to_numpy_batch(*batch)
 
     def loss_fn(params):
-        return flax_train.cross_entropy(state.apply_fn({"params": params}, x), y)
+        return flax_backend.cross_entropy(state.apply_fn({"params": params}, x), y)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return float(loss), convert.params_to_canonical(jax.device_get(grads))
@@ -87,12 +87,12 @@ def run_steps(weights, batches):
     tstate, fstate = torch_state(weights), flax_state(weights)
     torch_losses, flax_losses = [], []
     for batch in batches:
-        tstate, loss = torch_train.train_step(tstate, batch)
+        tstate, loss = torch_step(tstate, batch)
         torch_losses.append(loss)
-        fstate, metrics = flax_train.train_step(fstate, to_numpy_batch(*batch))
-        flax_losses.append(float(metrics["loss"]))
-    torch_params, torch_opt = torch_train.state_to_arrays(tstate)
-    flax_params, flax_opt = flax_train.state_to_arrays(fstate)
+        fstate, loss = flax_step(fstate, batch)
+        flax_losses.append(loss)
+    torch_params, torch_opt = torch_backend.state_to_arrays(tstate)
+    flax_params, flax_opt = flax_backend.state_to_arrays(fstate)
     return (np.array(torch_losses), torch_params, torch_opt), (np.array(flax_losses), flax_params,
                                                               flax_opt)
 
@@ -111,8 +111,8 @@ def test_one_adam_step_matches(canonical_weights):
     tstate.optimizer.step()
     fstate = flax_state(canonical_weights).apply_gradients(
         grads=convert.canonical_to_params(grads))
-    torch_params, torch_opt = torch_train.state_to_arrays(tstate)
-    flax_params, flax_opt = flax_train.state_to_arrays(fstate)
+    torch_params, torch_opt = torch_backend.state_to_arrays(tstate)
+    flax_params, flax_opt = flax_backend.state_to_arrays(fstate)
     for key in CANONICAL_SHAPES:
         moved = np.abs(torch_params[key] - canonical_weights[key]).max()
         assert moved > 1e-4, f"{key} did not move"  # the step happened
@@ -181,10 +181,10 @@ def test_100_steps_stay_within_torchs_own_float32_noise(canonical_weights, mnist
     channels_last.model.to(memory_format=torch.channels_last)
     torch_cl_losses = []
     for images, labels in batches:
-        channels_last, loss = torch_train.train_step(
+        channels_last, loss = torch_step(
             channels_last, (images.contiguous(memory_format=torch.channels_last), labels))
         torch_cl_losses.append(loss)
-    torch_cl_params, _ = torch_train.state_to_arrays(channels_last)
+    torch_cl_params, _ = torch_backend.state_to_arrays(channels_last)
 
     assert torch_losses[-10:].mean() < 0.5 * torch_losses[:10].mean()  # it learned
     np.testing.assert_allclose(flax_losses[:10], torch_losses[:10], rtol=0, atol=TRAJECTORY_ATOL)

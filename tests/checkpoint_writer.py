@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_common.training import save_checkpoint
+from mnist_common.checkpoints import save_checkpoint
 from mnist_common.weights import CANONICAL_SHAPES
 
 FS_EVENTS = ("open", "os.", "shutil.")

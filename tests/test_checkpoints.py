@@ -10,14 +10,9 @@ import pytest
 from checkpoint_writer import arrays
 from safetensors.numpy import save_file
 
+from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint, save_checkpoint
 from mnist_common.errors import UsageError
-from mnist_common.training import (
-    LATEST,
-    checkpoint_root,
-    load_checkpoint,
-    out_dir_lock,
-    save_checkpoint,
-)
+from mnist_common.rundir import locked
 from mnist_common.weights import CANONICAL_SHAPES
 
 WRITER = Path(__file__).resolve().parent / "checkpoint_writer.py"
@@ -149,11 +144,11 @@ def test_damaged_checkpoint_is_one_line_error(tmp_path, damage):
 
 
 def test_a_second_run_cannot_take_the_same_out_dir(tmp_path):
-    with out_dir_lock(tmp_path):
+    with locked(tmp_path, created=False):
         with pytest.raises(UsageError, match="another training run is using it"):
-            with out_dir_lock(tmp_path):
+            with locked(tmp_path, created=False):
                 pass
-    with out_dir_lock(tmp_path):  # released on exit
+    with locked(tmp_path, created=False):  # released on exit
         pass
 
 

@@ -5,12 +5,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import linen as nn
 from jax import lax
 
+from flax_impl import backend as flax_backend
 from flax_impl import cpu_conv
-from flax_impl import train as flax_train
 from flax_impl.model import CNN
 from mnist_common.config import Config
 
@@ -194,7 +195,7 @@ def test_cnn_with_cpu_ops_equals_stock_cnn():
     def loss_and_grads(model):
         def loss_fn(p):
             logits = model.apply({"params": p}, images)
-            return flax_train.cross_entropy(logits, labels), logits
+            return flax_backend.cross_entropy(logits, labels), logits
         return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
 
     (loss, logits), grads = loss_and_grads(custom)
@@ -212,20 +213,21 @@ class FakeDevice:
 
 
 def test_create_model_picks_cpu_ops_by_platform():
-    cpu_model = flax_train.create_model(jax.devices("cpu")[0])
+    cpu_model = flax_backend.create_model(flax_backend.select_placement("cpu"))
     assert cpu_model.conv_general_dilated is cpu_conv.conv_general_dilated
     assert cpu_model.max_pool is cpu_conv.max_pool
-    gpu_model = flax_train.create_model(FakeDevice("gpu"))
+    gpu_model = flax_backend.create_model(flax_backend.Placement(FakeDevice("gpu"), None))
     assert gpu_model.conv_general_dilated is None and gpu_model.max_pool is None
-    default_model = flax_train.create_model()  # JAX's default device: the CPU here
-    assert default_model.conv_general_dilated is cpu_conv.conv_general_dilated
+    default_model = flax_backend.create_model(flax_backend.select_placement("auto"))
+    assert default_model.conv_general_dilated is cpu_conv.conv_general_dilated  # CPU-only here
 
 
 def test_train_step_uses_cpu_ops_on_cpu():
     # Traced only (shapes, no compile): the jitted train step of a CPU train state.
-    state = jax.eval_shape(lambda: flax_train.create_train_state(jax.random.PRNGKey(0), Config()))
+    placement = flax_backend.select_placement("cpu")
+    state = jax.eval_shape(lambda: flax_backend.create_train_state(Config(), placement))
     images, labels = mnist_like_batch(8)
-    jaxpr = str(jax.make_jaxpr(flax_train.train_step)(state, (images, labels)))
+    jaxpr = str(jax.make_jaxpr(flax_backend.train_step)(state, (images, labels)))
     assert "custom_vjp_call" in jaxpr
     assert "select_and_scatter" not in jaxpr and "reduce_window" not in jaxpr
 
@@ -237,8 +239,9 @@ def test_evaluation_uses_the_stock_forward_and_it_equals_the_cpu_one():
     stock = CNN()
     shapes = jax.eval_shape(stock.init, jax.random.PRNGKey(0), images[:1])["params"]
     params = torch_like_params(shapes)
-    assert flax_train.INFERENCE_MODEL == stock
-    expected = jax.jit(flax_train.create_model(jax.devices("cpu")[0]).apply)({"params": params},
-                                                                            images)
-    actual = jax.jit(flax_train.logits)(params, images)
+    assert flax_backend.INFERENCE_MODEL == stock
+    cpu_model = flax_backend.create_model(flax_backend.select_placement("cpu"))
+    expected = jax.jit(cpu_model.apply)({"params": params}, images)
+    state = flax_backend.TrainState.create(apply_fn=stock.apply, params=params, tx=optax.sgd(0))
+    actual = flax_backend.logits(state, (images,))
     assert relative_error(actual, expected) <= FORWARD_RTOL

@@ -9,11 +9,13 @@ import signal
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import assert_same_run, read_run, use_small_mnist
 
+from mnist_common.checkpoints import load_checkpoint
 from mnist_common.config import Config
 from mnist_common.errors import UsageError
-from mnist_common.training import load_checkpoint
+from torch_impl import backend as torch_backend
 from torch_impl import train as torch_train
 
 pytestmark = pytest.mark.data
@@ -88,7 +90,7 @@ def test_flax_resume_chain_is_bit_identical(small_mnist, jax_compile_cache, tmp_
 def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path, monkeypatch,
                                           capsys):
     """A real SIGINT at step 10 (in-process): checkpoint, resume line, exit 130; then equal."""
-    real_step, calls = torch_train.train_step, [0]
+    real_step, calls = torch_backend.train_step, [0]
 
     def step_then_sigint(state, batch):
         calls[0] += 1
@@ -96,7 +98,7 @@ def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path
             os.kill(os.getpid(), signal.SIGINT)  # arrives while the step runs
         return real_step(state, batch)
 
-    monkeypatch.setattr(torch_train, "train_step", step_then_sigint)
+    monkeypatch.setattr(torch_backend, "train_step", step_then_sigint)
     out_dir = tmp_path / "run"
     # Python's KeyboardInterrupt handler, or SIG_IGN when this process started in the background
     handler_before = signal.getsignal(signal.SIGINT)
@@ -110,7 +112,7 @@ def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path
     assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is restored
 
     # A fresh run must not throw the unfinished run away.
-    monkeypatch.setattr(torch_train, "train_step", real_step)
+    monkeypatch.setattr(torch_backend, "train_step", real_step)
     with pytest.raises(UsageError, match="holds the checkpoint of an unfinished run"):
         train("torch", out_dir, epochs=3)
     train("torch", out_dir, epochs=3, resume=True)
@@ -119,14 +121,14 @@ def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_mnist, torch_reference,
                                                            tmp_path, monkeypatch):
-    real_step, calls = torch_train.train_step, [0]
+    real_step, calls = torch_backend.train_step, [0]
 
     def nan_at_step_10(state, batch):
         calls[0] += 1
-        state, loss = real_step(state, batch)
-        return state, float("nan") if calls[0] == 10 else loss
+        state, metrics = real_step(state, batch)
+        return state, {"loss": torch.tensor(float("nan"))} if calls[0] == 10 else metrics
 
-    monkeypatch.setattr(torch_train, "train_step", nan_at_step_10)
+    monkeypatch.setattr(torch_backend, "train_step", nan_at_step_10)
     out_dir = tmp_path / "run"
     with pytest.raises(UsageError) as err:
         train("torch", out_dir, epochs=3)
@@ -135,7 +137,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_mnist, torch_re
     assert checkpoint_step(out_dir) == 7
     assert not any((out_dir / name).exists() for name in ("metrics.json", "model.safetensors"))
     # The kept checkpoint is good: resuming from it gives the uninterrupted run.
-    monkeypatch.setattr(torch_train, "train_step", real_step)
+    monkeypatch.setattr(torch_backend, "train_step", real_step)
     train("torch", out_dir, epochs=3, resume=True)
     assert_same_run(out_dir, torch_reference)
 
@@ -152,14 +154,14 @@ def test_huge_lr_really_diverges(framework, small_mnist, jax_compile_cache, tmp_
 
 
 def test_non_finite_weights_are_never_checkpointed(small_mnist, tmp_path, monkeypatch):
-    real = torch_train.state_to_arrays
+    real = torch_backend.state_to_arrays
 
     def poisoned(state):
         params, optimizer = real(state)
         params["layer.0.bias"] = np.full_like(params["layer.0.bias"], np.inf)
         return params, optimizer
 
-    monkeypatch.setattr(torch_train, "state_to_arrays", poisoned)
+    monkeypatch.setattr(torch_backend, "state_to_arrays", poisoned)
     with pytest.raises(UsageError, match=r"weights \(layer.0.bias\) became NaN or infinite"):
         train("torch", tmp_path, epochs=1)
     assert not (tmp_path / "checkpoints").exists()

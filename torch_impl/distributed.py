@@ -1,6 +1,6 @@
 """Data-parallel training under `torchrun`: DistributedDataParallel over shares of each batch.
 
-`python -m torch_impl.train` switches to this when `torchrun` (or any launcher that sets
+`torch_impl.backend.select_placement` joins a group when `torchrun` (or any launcher that sets
 `WORLD_SIZE` > 1, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) starts it. The global batch
 stays `--batch-size`: every rank cuts the same seeded batch from the shared loader and keeps a
 contiguous share of it (`shard`), so the union of the ranks' shares is exactly the
@@ -8,7 +8,7 @@ single-process batch. Each rank's loss is its share's summed cross-entropy times
 world_size / global batch size; DDP averages the gradients over the ranks, which gives the
 gradient of the global batch's mean loss, as one process computes it (up to float32 summation
 order). Evaluation is sharded the same way and its sums are all-reduced. Only rank 0 writes files
-and shows progress (`Hooks.writer`). Backends: gloo on the CPU, NCCL on CUDA (one GPU per rank,
+and shows progress (`backend.is_writer`). Backends: gloo on the CPU, NCCL on CUDA (one GPU per rank,
 `cuda:LOCAL_RANK`).
 """
 
@@ -23,20 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from mnist_common.errors import UsageError
 
 
-class Context(NamedTuple):
+class Group(NamedTuple):
+    """This process's place in the data-parallel group."""
+
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
     backend: str
-
-
-class DistributedState(NamedTuple):
-    model: nn.Module  # the plain CNN (its parameters are the DDP module's)
-    optimizer: torch.optim.Adam
-    device: torch.device
-    ddp: DistributedDataParallel
-    context: Context
 
 
 def requested():
@@ -77,7 +71,7 @@ def init(device_name):
         device = torch.device("cpu")
         backend = "gloo"
     dist.init_process_group(backend)
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+    return Group(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
 def shutdown():
@@ -92,76 +86,55 @@ def shard(n, rank, world_size):
     return slice(start, start + base + (rank < extra))
 
 
-def wrap(state, context):
-    """The single-process TrainState, its model wrapped in DDP (which broadcasts rank 0's
-    parameters: every rank starts from the same weights)."""
-    device_ids = [context.device.index] if context.device.type == "cuda" else None
-    ddp = DistributedDataParallel(state.model, device_ids=device_ids)
-    return DistributedState(state.model, state.optimizer, state.device, ddp, context)
+def wrap(model, group):
+    """`model` in DistributedDataParallel (which broadcasts rank 0's parameters: every rank
+    starts from the same weights)."""
+    device_ids = [group.device.index] if group.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def to_batch(context):
+def place_batch(group, images, labels):
     """Loader tensors of the global batch -> (this rank's share on its device, global size)."""
-    def move(images, labels):
-        part = shard(len(labels), context.rank, context.world_size)
-        return (images[part].to(context.device, non_blocking=True),
-                labels[part].to(context.device, non_blocking=True), len(labels))
-    return move
+    part = shard(len(labels), group.rank, group.world_size)
+    return (images[part].to(group.device, non_blocking=True),
+            labels[part].to(group.device, non_blocking=True), len(labels))
 
 
-def _all_sum(values, device):
-    tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
+def all_sum(tensor):
+    """The element-wise sum over the ranks, in float64."""
+    tensor = tensor.to(torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
+    return tensor
 
 
-def train_step(state, batch):
-    """One Adam step on the global batch; returns (state, the global batch's mean loss)."""
+def train_step(ddp, optimizer, batch):
+    """One Adam step on the global batch; returns the global batch's mean loss (a tensor)."""
     images, labels, global_size = batch
-    world = state.context.world_size
-    state.ddp.train()
-    state.optimizer.zero_grad(set_to_none=True)
-    loss_sum = nn.functional.cross_entropy(state.ddp(images), labels, reduction="sum")
+    world = dist.get_world_size()
+    ddp.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = nn.functional.cross_entropy(ddp(images), labels, reduction="sum")
     # DDP divides the summed gradients by world_size: scale so the result is d(sum / global)/dw.
     (loss_sum * (world / global_size)).backward()
-    state.optimizer.step()
-    (total,) = _all_sum([loss_sum.item()], state.device)
-    return state, total / global_size
+    optimizer.step()
+    (total,) = all_sum(torch.tensor([loss_sum.item()], device=images.device)).tolist()
+    return torch.tensor(total / global_size, dtype=torch.float64)
 
 
-@torch.no_grad()
-def evaluate(state, batches):
-    """Exact mean loss and accuracy over all batches, each rank evaluating its shares."""
-    state.model.eval()
-    loss_sum, correct, examples = 0.0, 0, 0
-    for images, labels, _ in batches:
-        logits = state.model(images)
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == labels).sum().item())
-        examples += len(labels)
-    loss_sum, correct, examples = _all_sum([loss_sum, correct, examples], state.device)
-    correct, examples = int(round(correct)), int(round(examples))
-    return {"loss": loss_sum / examples, "accuracy": correct / examples,
-            "correct": correct, "examples": examples}
-
-
-def agree_stop(context):
+def agree_stop(group, wants_to_stop):
     """Stop together: any rank's request stops all of them at the same step."""
-    def agree(wants_to_stop):
-        flag = torch.tensor([1.0 if wants_to_stop else 0.0], device=context.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-    return agree
+    flag = torch.tensor([1.0 if wants_to_stop else 0.0], device=group.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
-def describe(context, device_description):
-    return (f"{device_description} x {context.world_size} processes "
-            f"({context.backend}, DistributedDataParallel)")
+def describe(group, device_description):
+    return (f"{device_description} x {group.world_size} processes "
+            f"({group.backend}, DistributedDataParallel)")
 
 
-def check_batch_size(batch_size, context):
+def check_batch_size(batch_size, group):
     """Every rank needs at least one image of every full batch."""
-    if batch_size < context.world_size:
-        raise UsageError(f"--batch-size {batch_size} is smaller than the {context.world_size} "
+    if batch_size < group.world_size:
+        raise UsageError(f"--batch-size {batch_size} is smaller than the {group.world_size} "
                          f"processes it is shared among")
-

@@ -1,0 +1,245 @@
+"""The Flax engine: model, train step, evaluation and the state's canonical arrays.
+
+The training CLI, the evaluation CLI, the benchmark and the parity tests all run these
+functions; `torch_impl/backend.py` defines the same names with the same parameters
+(`mnist_common/backend.py` is the interface). Layout: NHWC; the train state is Flax's
+`TrainState` (params, Optax Adam state, step), updated by pure jitted functions.
+"""
+
+import platform
+from typing import NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from flax_impl import convert, cpu_conv, distributed
+from flax_impl.model import CNN
+from mnist_common.errors import UsageError
+from mnist_common.loaders import to_numpy_batch
+
+FRAMEWORK = "flax"
+
+
+class Placement(NamedTuple):
+    device: jax.Device  # the (first) device
+    group: distributed.Group | None  # None: one device
+
+
+class TrainState(train_state.TrainState):
+    pass
+
+
+def versions():
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+
+
+def _select_device(name):
+    """`auto` -> the first GPU when present, else CPU; an absent device asked for is an error."""
+    if name == "auto":
+        return jax.devices()[0]
+    if name in ("cuda", "gpu"):
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:
+            raise UsageError(f"--device {name}: no GPU is visible to JAX "
+                             f"(backend: {jax.default_backend()})") from None
+    if name == "cpu":
+        return jax.devices("cpu")[0]
+    raise UsageError(f"--device {name}: unknown device (choose auto, cpu, cuda or gpu)")
+
+
+def _set_precision(precision, device):
+    """highest: true float32 convolutions and matmuls; tf32: both may use TF32 (GPU only).
+
+    XLA's GPU default is TF32 for both; the CPU computes float32 either way and is left alone.
+    """
+    if device.platform != "cpu":
+        jax.config.update("jax_default_matmul_precision",
+                          "highest" if precision == "highest" else "tensorfloat32")
+
+
+def select_placement(device, precision="highest"):
+    if distributed.requested():
+        distributed.init()
+    first = _select_device(device)
+    _set_precision(precision, first)
+    return Placement(first, distributed.group_over(first))
+
+
+def describe_placement(placement):
+    """`cpu (x86_64)` or the GPU's name; with the device count on a mesh."""
+    device = placement.device
+    if device.platform == "cpu":
+        text = f"cpu ({platform.machine()})"
+    else:
+        text = f"{device.platform} ({device.device_kind})"
+    return text if placement.group is None else distributed.describe(placement.group, text)
+
+
+def is_writer(placement):
+    return placement.group is None or placement.group.rank == 0
+
+
+def agree_stop(placement, wants_to_stop):
+    if placement.group is None:
+        return bool(wants_to_stop)
+    return distributed.agree_stop(placement.group, wants_to_stop)
+
+
+def check_batch_size(batch_size, placement):
+    if placement.group is not None:
+        distributed.check_batch_size(batch_size, placement.group)
+
+
+def release_placement(placement):
+    if placement.group is not None:
+        distributed.shutdown()
+
+
+def create_model(placement):
+    """The CNN; on the CPU with `cpu_conv`'s convolution and pool (same numbers, faster).
+
+    XLA:CPU's own convolution and max-pool gradient are slow for this model's small channel
+    counts (see `flax_impl/cpu_conv.py`); other platforms get the stock module.
+    """
+    if placement.device.platform == "cpu":
+        return CNN(conv_general_dilated=cpu_conv.conv_general_dilated, max_pool=cpu_conv.max_pool)
+    return CNN()
+
+
+# Forward-only graphs (evaluation, logits) use the stock module on every platform: the CPU ops
+# of `create_model` pay off in the gradient; XLA:CPU's own forward is faster (whole model,
+# batch 1000: 90 ms vs 179 ms with `cpu_conv`) and equals it to <= 5e-7 relative.
+INFERENCE_MODEL = CNN()
+
+
+def create_train_state(config, placement):
+    rng = jax.random.PRNGKey(config.seed)
+    rng, init_rng = jax.random.split(rng)
+    model = create_model(placement)
+    params = model.init(init_rng, jnp.ones((1, 28, 28, 1), jnp.float32))["params"]
+    # torch.optim.Adam's defaults: betas (0.9, 0.999), eps 1e-8 (eps outside the sqrt).
+    tx = optax.adam(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return _put(state, placement)
+
+
+def cross_entropy(logits, labels, mask=None):
+    """Mean cross-entropy of integer labels; with a 0/1 `mask`, the mean over the examples it
+    keeps (the rest pad a batch for the mesh)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if mask is None:
+        return losses.mean()
+    return (losses * mask).sum() / mask.sum()
+
+
+def place_batch(placement, images, labels):
+    """Loader tensors -> NumPy at the one boundary (NHWC) -> arrays on the device or mesh."""
+    if placement.group is not None:
+        return distributed.place_batch(placement.group, images, labels)
+    return jax.device_put(to_numpy_batch(images, labels), placement.device)
+
+
+@jax.jit
+def train_step(state, batch):
+    """One Adam step on one batch, gradient and update in one jit region.
+
+    `batch` is (images, labels), or (images, labels, mask) for a batch padded to a multiple of
+    the mesh's size. On a mesh (batch sharded, state replicated) XLA all-reduces the gradient.
+    """
+    images, labels, *mask = batch
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, images)  # (N, 10)
+        return cross_entropy(logits, labels, *mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": loss}
+
+
+def train_steps(state, batches):
+    """Consecutive train steps; the losses come back to the host once, at the end."""
+    losses = []
+    for batch in batches:
+        state, metrics = train_step(state, batch)
+        losses.append(metrics["loss"])
+    return state, np.asarray([distributed.fetch(loss) for loss in losses])
+
+
+@jax.jit
+def _eval_step(params, batch):
+    """Summed loss, correct count and example count of one batch (padding excluded)."""
+    images, labels, *mask = batch
+    keep = mask[0] if mask else jnp.ones(labels.shape, jnp.float32)
+    out = INFERENCE_MODEL.apply({"params": params}, images)
+    losses = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+    loss_sum = (losses * keep).sum() if mask else losses.sum()
+    correct = ((out.argmax(axis=1) == labels) * keep).sum()
+    return {"loss": loss_sum, "correct": correct, "examples": keep.sum()}
+
+
+def evaluate(state, batches):
+    """Exact mean loss and accuracy over all batches."""
+    loss_sum, correct, examples = 0.0, 0, 0
+    for batch in batches:
+        out = distributed.fetch(_eval_step(state.params, batch))
+        loss_sum += float(out["loss"])
+        correct += int(round(float(out["correct"])))
+        examples += int(round(float(out["examples"])))
+    return {"loss": loss_sum / examples, "accuracy": correct / examples,
+            "correct": correct, "examples": examples}
+
+
+@jax.jit
+def _logits(params, images):
+    return INFERENCE_MODEL.apply({"params": params}, images)
+
+
+def logits(state, batch):
+    return np.asarray(_logits(state.params, batch[0]))
+
+
+def state_to_arrays(state):
+    """Canonical weights and Adam state (torch layouts) as NumPy arrays."""
+    params = convert.params_to_canonical(distributed.fetch(state.params))
+    adam = state.opt_state[0]  # optax.adam = chain(scale_by_adam, scale_by_learning_rate)
+    optimizer = {}
+    mu = convert.params_to_canonical(distributed.fetch(adam.mu))
+    nu = convert.params_to_canonical(distributed.fetch(adam.nu))
+    for key in mu:
+        optimizer[f"exp_avg.{key}"] = mu[key]
+        optimizer[f"exp_avg_sq.{key}"] = nu[key]
+    optimizer["step"] = np.asarray([float(distributed.fetch(adam.count))], dtype=np.float32)
+    return params, optimizer
+
+
+def state_from_arrays(state, params, optimizer):
+    """A state holding canonical weights and (if any) Adam state, on `state`'s devices."""
+    flax_params = convert.canonical_to_params(params)
+    if optimizer:
+        adam = state.opt_state[0]
+        mu = convert.canonical_to_params({k: optimizer[f"exp_avg.{k}"] for k in params})
+        nu = convert.canonical_to_params({k: optimizer[f"exp_avg_sq.{k}"] for k in params})
+        count = int(optimizer["step"][0])
+        adam = adam._replace(count=np.asarray(count, dtype=np.int32), mu=mu, nu=nu)
+        opt_state = (adam,) + tuple(state.opt_state[1:])
+        step = count
+    else:
+        opt_state = state.tx.init(flax_params)
+        step = 0
+    new = state.replace(step=np.asarray(step, dtype=np.int32), params=flax_params,
+                        opt_state=opt_state)
+    sharding = jax.tree_util.tree_leaves(state.params)[0].sharding
+    return distributed.put(new, sharding)
+
+
+def _put(tree, placement):
+    """Values -> the placement: its device, or replicated on its mesh."""
+    if placement.group is None:
+        return jax.device_put(tree, placement.device)
+    return distributed.put(tree, distributed.replicated(placement.group))

@@ -1,0 +1,117 @@
+"""Data-parallel training with JAX: a 1-D `data` mesh, the batch sharded, the state replicated.
+
+`flax_impl.backend.select_placement` builds a mesh over every device of the chosen platform
+(with `--xla_force_host_platform_device_count=N`, N CPU devices), and over several processes
+after `jax.distributed.initialize`, which JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID ask for. The global batch stays `--batch-size`: it is split along the mesh, and
+one not divisible by the mesh's size is padded with zero images and a 0/1 mask. XLA all-reduces
+the gradient. Only process 0 writes files and shows progress (`backend.is_writer`).
+"""
+
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mnist_common.errors import UsageError
+from mnist_common.loaders import to_numpy_batch
+
+DATA_AXIS = "data"
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+class Group(NamedTuple):
+    """The devices (and processes) a data-parallel run spans."""
+
+    mesh: Mesh
+    rank: int  # jax.process_index()
+    world_size: int  # jax.process_count()
+
+
+def requested():
+    """True when the environment asks for several processes."""
+    return any(os.environ.get(name) for name in _DISTRIBUTED_ENV)
+
+
+def init():
+    """`jax.distributed.initialize` from the three JAX_* variables."""
+    present = [name for name in _DISTRIBUTED_ENV if os.environ.get(name)]
+    if len(present) != len(_DISTRIBUTED_ENV):
+        missing = ", ".join(n for n in _DISTRIBUTED_ENV if n not in present)
+        raise UsageError(f"{', '.join(present)} set but {missing} not: set all three to train "
+                         f"on several processes")
+    try:
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    except ValueError:
+        raise UsageError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers") from None
+    if not 0 <= process_id < num_processes:
+        raise UsageError(f"JAX_PROCESS_ID {process_id} is not in [0, {num_processes})")
+    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], num_processes, process_id)
+
+
+def shutdown():
+    """Nothing to leave: JAX shuts its distributed client down at exit."""
+
+
+def group_over(first_device):
+    """A group over every device of `first_device`'s platform, or None for a single device."""
+    devices = [d for d in jax.devices() if d.platform == first_device.platform]
+    if len(devices) == 1:
+        return None
+    return Group(Mesh(np.array(devices), (DATA_AXIS,)), jax.process_index(), jax.process_count())
+
+
+def replicated(group):
+    return NamedSharding(group.mesh, P())
+
+
+def put(tree, sharding):
+    """NumPy or one-device values (the same in every process) -> arrays with `sharding`."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_callback(np.shape(a), sharding,
+                                               lambda index: np.asarray(a)[index]), tree)
+
+
+def fetch(tree):
+    """Replicated arrays -> NumPy (each process reads its own copy)."""
+    def get(a):
+        return np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a)
+    return jax.tree_util.tree_map(get, tree)
+
+
+def place_batch(group, images, labels):
+    """Loader tensors -> NumPy -> the batch split along the mesh, padded and masked if needed."""
+    sharding = NamedSharding(group.mesh, P(DATA_AXIS))
+    x, y = to_numpy_batch(images, labels)
+    pad = -len(y) % group.mesh.size
+    if not pad:
+        return put((x, y), sharding)
+    mask = np.concatenate([np.ones(len(y), np.float32), np.zeros(pad, np.float32)])
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    return put((x, y, mask), sharding)
+
+
+def agree_stop(group, wants_to_stop):
+    """Any process's stop request stops them all."""
+    if group.world_size == 1:
+        return bool(wants_to_stop)
+    flags = multihost_utils.process_allgather(np.asarray([wants_to_stop], np.int32))
+    return bool(np.asarray(flags).any())
+
+
+def describe(group, device_description):
+    hosts = f" on {group.world_size} processes" if group.world_size > 1 else ""
+    return (f"{device_description} x {group.mesh.size} devices{hosts} "
+            f"(jax.sharding, 1-D data mesh)")
+
+
+def check_batch_size(batch_size, group):
+    """Padding makes any batch size work on a mesh; nothing to refuse."""
