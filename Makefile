@@ -6,9 +6,10 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: train test bench lint data
 
-$(INSTALLED): pyproject.toml
+# constraints.txt pins every package to the versions the tests were run with (see README).
+$(INSTALLED): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(INSTALLED)
 
 data: $(INSTALLED)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One benchmark session on a lent GPU machine (no network): at most about 8 minutes, typically 5 to 6.
+# One benchmark session on a lent GPU machine (no network): at most about 11 minutes, typically 8.
 #
 # Run from anywhere inside the repository copy, with the MNIST raw files carried at
 # data/MNIST/raw/ and $OUT set by the machine:   bash benchmarks/gpu_session.sh
 # Everything goes under $OUT: log.txt (this whole session), results/<device>.{json,md,png}
-# (GPU and CPU), results/compile/<gpu>.{json,md,png} (torch.compile vs eager on the GPU).
+# (GPU and CPU), results/tf32/<gpu>.{json,md,png} (--precision tf32, the CLIs included),
+# results/compile/<gpu>.{json,md,png} (torch.compile vs eager on the GPU).
 # Each part has its own time limit and the session goes on when one fails. A part stopped by
 # its limit gets SIGTERM first, so benchmarks/run.py keeps the sections it finished.
 # The image may lack matplotlib; then render the PNGs at home:
@@ -52,20 +53,29 @@ part nvidia-smi 30 nvidia-smi
 part gcc 10 sh -c 'command -v gcc cc g++ || echo "no C compiler: torch.compile will fail"'
 part data 30 "$PY" -m mnist_common.data --data-dir "$MNIST_DATA_DIR" --no-progress
 
-# 1. The GPU, everything but torch.compile, with time to accuracy (about 2 minutes). Windows of
-#    0.2 s hold hundreds of steps there.
-part gpu 180 "$PY" benchmarks/run.py --device gpu --time-to-accuracy --window-seconds 0.2 \
+# 1. The GPU at --precision highest, everything but torch.compile and the CLIs, with time to
+#    accuracy and the end-to-end epoch (about 2 minutes). Windows of 0.2 s hold hundreds of steps.
+part gpu 180 "$PY" benchmarks/run.py --device gpu --precision highest --time-to-accuracy \
+    --window-seconds 0.2 --no-cli \
     --variants torch-eager,torch-channels-last,flax-jit,flax-xla-conv --out-dir "$OUT/results"
 
-# 2. torch.compile on the GPU beside torch eager (its ratio base), on its own: six cold compiles
-#    can take minutes, and a stop here loses nothing measured in part 1.
-part gpu-compile 120 "$PY" benchmarks/run.py --device gpu --window-seconds 0.2 \
-    --variants torch-eager,torch-compile --no-epoch --no-layers --out-dir "$OUT/results/compile"
+# 2. The same at --precision tf32 (TF32 convolutions and matmuls in both frameworks), without
+#    the layers; with the CLIs as fresh processes, 10 epochs each at both precisions (--cli;
+#    about 2 minutes of the part's 4).
+part gpu-tf32 240 "$PY" benchmarks/run.py --device gpu --precision tf32 --window-seconds 0.2 \
+    --variants torch-eager,torch-channels-last,flax-jit --no-layers --cli \
+    --out-dir "$OUT/results/tf32"
 
-# 3. The host CPU (16 cores), without torch.compile and without the real epoch (the 2-core
-#    reference run has both); the GPU is hidden from both frameworks.
+# 3. torch.compile on the GPU beside torch eager (its ratio base), on its own: six cold compiles
+#    can take minutes, and a stop here loses nothing measured in parts 1 and 2.
+part gpu-compile 120 "$PY" benchmarks/run.py --device gpu --window-seconds 0.2 \
+    --variants torch-eager,torch-compile --no-epoch --no-layers --no-cli \
+    --out-dir "$OUT/results/compile"
+
+# 4. The host CPU (16 cores), without torch.compile, the end-to-end epoch and the CLIs (the
+#    2-core reference run has them); the GPU is hidden from both frameworks.
 part cpu 90 env CUDA_VISIBLE_DEVICES= JAX_PLATFORMS=cpu "$PY" benchmarks/run.py --device cpu \
-    --variants torch-eager,torch-channels-last,flax-jit,flax-xla-conv --no-epoch \
+    --variants torch-eager,torch-channels-last,flax-jit,flax-xla-conv --no-epoch --no-cli \
     --window-seconds 0.25 --out-dir "$OUT/results"
 
 ls -l "$OUT/results"

@@ -51,7 +51,13 @@ def init():
         raise UsageError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers") from None
     if not 0 <= process_id < num_processes:
         raise UsageError(f"JAX_PROCESS_ID {process_id} is not in [0, {num_processes})")
-    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], num_processes, process_id)
+    address = os.environ["JAX_COORDINATOR_ADDRESS"]
+    try:
+        jax.distributed.initialize(address, num_processes, process_id)
+    except Exception as err:  # e.g. the coordinator's port is taken: JaxRuntimeError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"JAX_COORDINATOR_ADDRESS {address}: cannot join the run "
+                         f"({reason})") from None
 
 
 def shutdown():

@@ -55,6 +55,16 @@ class Backend(Protocol):
     def place_batch(self, placement, images, labels):
         """Loader tensors (NCHW float32, int64) -> a batch on the placement."""
 
+    def place_split(self, placement, images, labels):
+        """A whole split (uint8 images, labels) held on the device for `gather_batch`, or None
+        where batches must come from the host (`place_batch`)."""
+
+    def gather_batch(self, split, indices):
+        """The batch of `indices` cut from a placed split, on its device."""
+
+    def steps_per_dispatch(self, placement):
+        """The default number of steps per `train_steps` call (None: an epoch)."""
+
     def train_step(self, state, batch):
         """One Adam step: (state, {"loss": the batch's mean loss, on the device})."""
 

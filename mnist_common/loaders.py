@@ -49,6 +49,13 @@ def _dataloader_batches(root, train, index_lists):
     yield from loader
 
 
+def batches_of(split, index_lists, *, train, loader="memory", root=None):
+    """Yield (images, labels) torch tensors of `index_lists` from the chosen loader."""
+    if loader == "dataloader":
+        return _dataloader_batches(root, train, index_lists)
+    return _memory_batches(*split, index_lists)
+
+
 def train_batches(split, *, seed, epoch, batch_size, loader="memory", root=None, start_step=0):
     """Yield (images (B,1,28,28) float32, labels (B,) int64) torch tensors for one epoch."""
     images, labels = split

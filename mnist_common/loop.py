@@ -31,8 +31,6 @@ from mnist_common.errors import UsageError
 from mnist_common.fileio import say
 from mnist_common.stopping import StopRequests
 
-STEPS_PER_DISPATCH = 1  # train steps per call into the engine (one host synchronisation each)
-
 
 def fit(config, backend, placement, state):
     """Train `state` as `config` says, write the outputs, and return the metrics dict.
@@ -105,6 +103,9 @@ class TrainingRun:
         self.saved_step = None  # the step of the newest checkpoint on disk of this run
         self.state = None
         self.out_dir = None
+        self.dispatch = (config.steps_per_dispatch or backend.steps_per_dispatch(placement)
+                         or self.steps_per_epoch)
+        self.placed = {}  # split name -> the split held on the device (memory loader only)
 
     # --- messages ---
 
@@ -163,10 +164,22 @@ class TrainingRun:
                              f"({err.strerror or err}); {self.kept()}") from None
         self.saved_step = self.progress["global_step"]
 
+    def batches(self, name, index_lists):
+        """Placed batches of `index_lists`: cut on the device from the split held there, or
+        from the host loader (`--loader dataloader`, data-parallel groups)."""
+        split = self.train_split if name == "train" else self.test_split
+        if self.config.loader == "memory" and name not in self.placed:
+            self.placed[name] = self.backend.place_split(self.placement, *split)
+        if self.placed.get(name) is not None:
+            return (self.backend.gather_batch(self.placed[name], i) for i in index_lists)
+        host = loaders.batches_of(split, index_lists, train=name == "train",
+                                  loader=self.config.loader, root=self.root)
+        return (self.backend.place_batch(self.placement, x, y) for x, y in host)
+
     def evaluate_test(self):
-        batches = loaders.eval_batches(self.test_split, loader=self.config.loader, root=self.root)
-        placed = (self.backend.place_batch(self.placement, x, y) for x, y in batches)
-        return self.backend.evaluate(self.state, placed)
+        index_lists = loaders.index_batches(np.arange(len(self.test_split[1])),
+                                            loaders.EVAL_BATCH_SIZE)
+        return self.backend.evaluate(self.state, self.batches("test", index_lists))
 
     def epoch_record(self, steps, partial=False):
         """The record of the epoch that ended after `steps` steps of it."""
@@ -203,8 +216,7 @@ class TrainingRun:
     def run_steps(self, chunk, bar):
         """One dispatch of steps; a non-finite loss stops the run at its exact step."""
         p = self.progress
-        placed = [self.backend.place_batch(self.placement, x, y) for x, y in chunk]
-        new_state, losses = self.backend.train_steps(self.state, placed)
+        new_state, losses = self.backend.train_steps(self.state, chunk)
         losses = [float(loss) for loss in losses]
         for offset, loss in enumerate(losses):
             if not math.isfinite(loss):
@@ -224,13 +236,14 @@ class TrainingRun:
         """Train to the epoch's end (or the target, or a stop); True if asked to stop."""
         p, config = self.progress, self.config
         left = min(self.total_steps - p["global_step"], self.steps_per_epoch - p["step_in_epoch"])
-        batches = loaders.train_batches(
-            self.train_split, seed=config.seed, epoch=p["epoch"], batch_size=config.batch_size,
-            loader=config.loader, root=self.root, start_step=p["step_in_epoch"])
-        batches = (b for b, _ in zip(batches, range(left), strict=False))
+        order = loaders.epoch_permutation(config.seed, p["epoch"], self.num_train)
+        index_lists = loaders.index_batches(order, config.batch_size, p["step_in_epoch"])[:left]
         start = time.perf_counter()
         stopping = False
-        for chunk in _chunks(batches, STEPS_PER_DISPATCH):
+        # A dispatch never mixes the partial last batch with full ones (one shape per scan).
+        full = [i for i in index_lists if len(i) == config.batch_size]
+        groups = [full, [i for i in index_lists if len(i) != config.batch_size]]
+        for chunk in (c for g in groups for c in _chunks(self.batches("train", g), self.dispatch)):
             self.run_steps(chunk, bar)
             # One decision per dispatch, taken together: a signal that lands after it waits for
             # the next one, so every process of a data-parallel run stops at the same step.

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from mnist_common.architecture import CANONICAL_SHAPES, NUM_PARAMETERS  # noqa: F401 (re-exported)
 from mnist_common.errors import UsageError
-from mnist_common.fileio import atomic_path
+from mnist_common.fileio import atomic_path, say
 
 
 def check_weights(arrays, source):
@@ -98,11 +98,20 @@ def _load_pt(path):
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UsageError(f"{path}: expected a state_dict (a dict of tensors), "
                          f"found {type(obj).__name__}")
-    try:
-        return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
+    try:  # dtypes are kept, so load_weights converts (and says so) or refuses as for safetensors
+        return {k: _tensor_to_numpy(v) for k, v in obj.items()}
     except (RuntimeError, TypeError) as err:  # e.g. complex or sparse tensors
-        raise UsageError(f"{path}: cannot read its tensors as float32 "
+        raise UsageError(f"{path}: cannot read its tensors as arrays "
                          f"({_first_line(err)})") from None
+
+
+def _tensor_to_numpy(tensor):
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16 (refused as in a .safetensors)
+        raise TypeError("bfloat16 tensors are not supported; expected float32")
+    return tensor.numpy()
 
 
 def load_weights(path):
@@ -110,8 +119,10 @@ def load_weights(path):
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path}: is a directory, not a weight file")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO or device would block or stream forever
+        raise UsageError(f"{path}: not a regular file")
     if path.suffix == ".safetensors":
         arrays = load_arrays_file(path)
     elif path.suffix in (".pt", ".pth"):
@@ -120,8 +131,15 @@ def load_weights(path):
         raise UsageError(f"{path}: unknown weight format {path.suffix!r} "
                          f"(expected .safetensors, .pt or .pth)")
     check_weights(arrays, path)
-    weights = {k: arrays[k].astype(np.float32, copy=False) for k in CANONICAL_SHAPES}
+    # float16 and float64 files are accepted: float32 holds every float16 exactly, and a float64
+    # value rounds to the nearest float32 (the model computes in float32 either way).
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused
+        weights = {k: arrays[k].astype(np.float32, copy=False) for k in CANONICAL_SHAPES}
     bad = [k for k, v in weights.items() if not np.isfinite(v).all()]
     if bad:
-        raise UsageError(f"{path}: {bad[0]} contains NaN or infinite values")
+        raise UsageError(f"{path}: {bad[0]} contains NaN or infinite values"
+                         f"{' as float32' if np.isfinite(arrays[bad[0]]).all() else ''}")
+    converted = sorted({str(arrays[k].dtype) for k in CANONICAL_SHAPES} - {"float32"})
+    if converted:
+        say(f"{path}: converted {' and '.join(converted)} weights to float32")
     return weights

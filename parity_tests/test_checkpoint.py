@@ -1,36 +1,109 @@
-"""Same checkpoint: canonical file -> Flax -> canonical file -> torch is bit-identical."""
+"""Same checkpoint: weights and Adam state through files, from either side, bit-identical;
+and the layout conversion checked element by element."""
 
 import jax
 import numpy as np
-from parity_helpers import FLAX_CPU, flax_state, random_batch, torch_state, torch_step
+import pytest
+import torch
+from parity_helpers import (
+    FLAX_CPU,
+    flax_state,
+    flax_step,
+    random_batch,
+    torch_state,
+    torch_step,
+)
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert
 from mnist_common.config import Config
-from mnist_common.weights import CANONICAL_SHAPES, load_weights, save_arrays, save_weights
+from mnist_common.weights import (
+    CANONICAL_SHAPES,
+    load_arrays_file,
+    load_weights,
+    save_arrays,
+    save_weights,
+)
 from torch_impl import backend as torch_backend
+from torch_impl.model import CNN as TorchCNN
+
+# As test_model.py: same weights, same batch -> logits to float32 summation-order noise.
+LOGIT_ATOL = 1e-5
+BACKENDS = {"torch": (torch_backend, torch_state, torch_step),
+            "flax": (flax_backend, flax_state, flax_step)}
 
 
-def test_torch_to_flax_to_torch_round_trip_is_bit_identical(tmp_path, canonical_weights):
-    tstate, _ = torch_step(torch_state(canonical_weights), random_batch(7))
-    torch_params, torch_opt = torch_backend.state_to_arrays(tstate)
-    save_weights(tmp_path / "torch.safetensors", torch_params)
-    save_arrays(tmp_path / "torch_opt.safetensors", torch_opt)
+def save_state(directory, name, backend, state):
+    """The state's weights and Adam state written as the CLIs write them; the two paths."""
+    params, optimizer = backend.state_to_arrays(state)
+    weights_file, optimizer_file = directory / f"{name}.safetensors", directory / f"{name}_opt.st"
+    save_weights(weights_file, params)
+    save_arrays(optimizer_file, optimizer)
+    return weights_file, optimizer_file
 
-    fstate = flax_backend.state_from_arrays(flax_state(canonical_weights),
-                                          load_weights(tmp_path / "torch.safetensors"), torch_opt)
-    flax_params, flax_opt = flax_backend.state_to_arrays(fstate)
-    save_weights(tmp_path / "flax.safetensors", flax_params)
 
-    back = torch_backend.state_from_arrays(torch_state(canonical_weights),
-                                         load_weights(tmp_path / "flax.safetensors"), flax_opt)
-    final_params, final_opt = torch_backend.state_to_arrays(back)
-    for key in CANONICAL_SHAPES:
-        assert final_params[key].dtype == np.float32
-        np.testing.assert_array_equal(final_params[key], torch_params[key], err_msg=key)
-    assert final_opt.keys() == torch_opt.keys()
-    for key in torch_opt:
-        np.testing.assert_array_equal(final_opt[key], torch_opt[key], err_msg=key)
+def load_state(backend, fresh, files):
+    weights_file, optimizer_file = files
+    return backend.state_from_arrays(fresh, load_weights(weights_file),
+                                     load_arrays_file(optimizer_file))
+
+
+def assert_bit_identical(actual, expected):
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        assert actual[key].dtype == expected[key].dtype == np.float32, key
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize("first,second", [("torch", "flax"), ("flax", "torch")])
+def test_round_trip_through_files_is_bit_identical(tmp_path, canonical_weights, first, second):
+    # first trains two steps (so the Adam state is not fresh), writes its files; second reads
+    # them, writes its own; first reads those back: every array, Adam state included, unchanged.
+    backend_a, state_a, step_a = BACKENDS[first]
+    backend_b, state_b, _ = BACKENDS[second]
+    trained = state_a(canonical_weights)
+    for seed in (7, 8):
+        trained, _ = step_a(trained, random_batch(seed))
+    params, optimizer = backend_a.state_to_arrays(trained)
+    assert optimizer["step"][0] == 2
+    files_a = save_state(tmp_path, first, backend_a, trained)
+    other = load_state(backend_b, state_b(canonical_weights), files_a)
+    assert_bit_identical(backend_b.state_to_arrays(other)[1], optimizer)
+    files_b = save_state(tmp_path, second, backend_b, other)
+    back = load_state(backend_a, state_a(canonical_weights), files_b)
+    final_params, final_optimizer = backend_a.state_to_arrays(back)
+    assert_bit_identical(final_params, params)
+    assert_bit_identical(final_optimizer, optimizer)
+
+
+def torch_logits_of(canonical, images):
+    """An independent reference: the tutorial's torch module holding canonical arrays."""
+    model = TorchCNN()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in canonical.items()})
+    with torch.no_grad():
+        return model.eval()(images).numpy()
+
+
+def test_flax_weights_compute_the_same_function_in_torch():
+    # Every element of every converted array feeds these logits: a misplaced element anywhere
+    # (a transposed square block, a wrong flatten order) changes them far beyond 1e-5.
+    state = flax_backend.create_train_state(Config(seed=3), FLAX_CPU)
+    images, labels = random_batch(5, batch_size=64)
+    flax_logits = flax_backend.logits(state, flax_backend.place_batch(FLAX_CPU, images, labels))
+    canonical = convert.params_to_canonical(jax.device_get(state.params))
+    np.testing.assert_allclose(torch_logits_of(canonical, images), flax_logits, rtol=0,
+                               atol=LOGIT_ATOL)
+
+
+def test_layout_check_can_fail():
+    # Guard: a conv kernel with H and W swapped (a transpose that round-trips) must be caught.
+    state = flax_backend.create_train_state(Config(seed=3), FLAX_CPU)
+    images, labels = random_batch(5, batch_size=64)
+    flax_logits = flax_backend.logits(state, flax_backend.place_batch(FLAX_CPU, images, labels))
+    canonical = convert.params_to_canonical(jax.device_get(state.params))
+    canonical["layer.2.weight"] = np.ascontiguousarray(canonical["layer.2.weight"].swapaxes(2, 3))
+    gap = np.abs(torch_logits_of(canonical, images) - flax_logits).max()
+    assert gap > 100 * LOGIT_ATOL
 
 
 def test_flax_params_round_trip_is_bit_identical():

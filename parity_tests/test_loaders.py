@@ -5,9 +5,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from parity_helpers import FLAX_CPU, TORCH_CPU
 
+from flax_impl import backend as flax_backend
 from mnist_common import data, loaders
 from mnist_common.loaders import to_numpy_batch
+from torch_impl import backend as torch_backend
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,23 @@ def test_flax_sees_exactly_the_pixels_torch_sees(train_split, mnist_root):
     # ToTensor: uint8 / 255 exactly, no normalisation.
     assert x.min() == 0.0 and x.max() == 1.0
     assert set(np.unique(np.round(x * 255)).astype(int)) <= set(range(256))
+
+
+@pytest.mark.parametrize("backend", [torch_backend, flax_backend], ids=["torch", "flax"])
+def test_batches_cut_on_the_device_are_totensors_pixels(train_split, backend):
+    # The loop's memory path cuts batches from a split held on the device (`gather_batch`); the
+    # pixels must be ToTensor's uint8 / 255 to the bit, as on the host path. (A compiler that
+    # turns / 255 into * (1 / 255) is off by one ulp on ~13 % of the pixels.)
+    if not hasattr(backend, "gather_batch"):
+        pytest.skip(f"{backend.FRAMEWORK} has no device-side batches")
+    images, labels = train_split[0][:300], train_split[1][:300]
+    placement = TORCH_CPU if backend is torch_backend else FLAX_CPU
+    indices = np.random.default_rng(0).permutation(300)[:64]
+    batch = backend.gather_batch(backend.place_split(placement, images, labels), indices)
+    x = np.asarray(batch[0].cpu() if backend is torch_backend else batch[0])
+    if backend is flax_backend:
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    expected = torch.from_numpy(images[indices]).unsqueeze(1).to(torch.float32).div(255).numpy()
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(np.asarray(batch[1]), labels[indices])

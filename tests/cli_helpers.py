@@ -41,6 +41,59 @@ def start_cli(module, *args, env=None, **popen_kwargs):
         **popen_kwargs)
 
 
+# Runs `python -m MODULE ARGS` with the engine's train_steps wrapped: once STEP steps are done
+# it writes the step count to READY, then waits (up to 2 minutes) until the run's stop handler
+# has taken a signal, which it sees by the handler being swapped back (mnist_common.stopping).
+_PAUSED_AT_STEP = """
+import importlib, runpy, signal, sys, time
+ready, step, module = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+backend = importlib.import_module(module.split(".")[0] + ".backend")
+real, done = backend.train_steps, [0]
+def train_steps(state, batches):
+    state, losses = real(state, batches)
+    before, done[0] = done[0], done[0] + len(losses)
+    if before < step <= done[0]:
+        handler = signal.getsignal(signal.SIGINT)
+        with open(ready + ".tmp", "w") as out:
+            out.write(str(done[0]))
+        import os
+        os.replace(ready + ".tmp", ready)
+        deadline = time.monotonic() + 120
+        while signal.getsignal(signal.SIGINT) is handler and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return state, losses
+backend.train_steps = train_steps
+sys.argv = [module, *sys.argv[4:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def start_cli_paused_at_step(module, step, ready, *args, env=None):
+    """Start a training CLI that pauses after `step` steps until it is sent SIGINT or SIGTERM;
+    it writes the step it paused at into the file `ready` first. The test, not the machine's
+    speed, decides where the run is interrupted."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_AT_STEP, str(ready), str(step), module, *map(str, args)],
+        cwd=REPO, env=env or cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_file(path, process, timeout=300):
+    """Wait until `path` exists (while `process` runs); its text."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[-1]} ended before {path} appeared: "
+                        f"{process.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear in {timeout} s")
+        time.sleep(0.05)
+    return Path(path).read_text()
+
+
 def finish(process, timeout=300):
     """Wait for a process from `start_cli`; a CompletedProcess."""
     try:
@@ -67,6 +120,18 @@ def assert_usage_error(returncode, stderr, prog, *words):
     for word in words:
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def assert_error_after_status(returncode, stderr, prog, *words):
+    """Like `assert_usage_error`, for a failure during training: the status lines the run
+    printed before it (what it trains on, where it resumes from) may precede the one error line,
+    which is the last."""
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == lines[-1:], stderr
+    return assert_usage_error(returncode, lines[-1], prog, *words)
 
 
 def run_in_process(main, argv, prog, capsys):

@@ -50,6 +50,14 @@ BAD_FLAGS = {
     "batch size 0": (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     "batch size negative": (["--batch-size", "-5"], "must be at least 1, got -5"),
     "batch size not a number": (["--batch-size", "many"], "expected a whole number, got 'many'"),
+    "batch size fractional": (["--batch-size", "1.5"], "expected a whole number, got '1.5'"),
+    "epochs not a number": (["--epochs", "ten"], "argument --epochs: expected a whole number, "
+                                                 "got 'ten'"),
+    "lr not a number": (["--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
+    "seed not a number": (["--seed", "abc"], "argument --seed: expected a whole number, "
+                                             "got 'abc'"),
+    "max steps not a number": (["--max-steps", "5x"], "argument --max-steps: expected a whole "
+                                                      "number, got '5x'"),
     "epochs 0": (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     "epochs negative": (["--epochs", "-2"], "argument --epochs: must be at least 1, got -2"),
     "lr 0": (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
@@ -98,11 +106,11 @@ def test_absent_gpu(framework, device, capsys, tmp_path):
 @pytest.mark.parametrize("framework", ["torch", "flax"])
 def test_batch_larger_than_the_training_set(framework, mnist_root, capsys, tmp_path):
     code, _, err = run_in_process(
-        TRAIN[framework], ["--batch-size", "60001", "--out-dir", str(tmp_path), "--no-progress"],
-        train_prog(framework), capsys)
+        TRAIN[framework], ["--batch-size", "60001", "--out-dir", str(tmp_path / "out"),
+                           "--no-progress"], train_prog(framework), capsys)
     assert_usage_error(code, err, train_prog(framework),
                        "--batch-size 60001 is larger than the training set (60000 images)")
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "out").exists()
 
 
 # --- output directory ---------------------------------------------------------------------------
@@ -119,12 +127,13 @@ def test_out_dir_is_a_file(framework, capsys, tmp_path):
     assert target.read_text() == "keep me"
 
 
-def test_out_dir_below_a_file(capsys, tmp_path):
+@pytest.mark.parametrize("framework", ["torch", "flax"])
+def test_out_dir_below_a_file(framework, capsys, tmp_path):
     target = tmp_path / "file"
     target.write_text("keep me")
-    code, _, err = run_in_process(torch_train.main, ["--out-dir", str(target / "run")],
-                                  train_prog("torch"), capsys)
-    assert_usage_error(code, err, train_prog("torch"), "a parent of it is not a directory")
+    code, _, err = run_in_process(TRAIN[framework], ["--out-dir", str(target / "run")],
+                                  train_prog(framework), capsys)
+    assert_usage_error(code, err, train_prog(framework), "a parent of it is not a directory")
     assert target.read_text() == "keep me"
 
 
@@ -173,7 +182,7 @@ def test_damaged_mnist_file(name, damage, words, mnist_root, capsys, tmp_path):
                            "1", "--no-progress"], train_prog("torch"), capsys)
     assert_usage_error(code, err, train_prog("torch"), str(damaged), words)
     assert damaged.read_bytes() == before  # reported, never "repaired" or deleted
-    assert sorted(p.name for p in out_dir.iterdir()) == [".train.lock"]
+    assert not out_dir.exists()  # data is checked before the out-dir is created: no litter
 
 
 @pytest.mark.parametrize("framework", ["torch", "flax"])
@@ -191,14 +200,16 @@ def test_no_data_and_no_source(framework, capsys, tmp_path, monkeypatch):
     assert not nowhere.exists()
 
 
-def test_data_dir_is_a_file(capsys, tmp_path):
+@pytest.mark.parametrize("framework", ["torch", "flax"])
+def test_data_dir_is_a_file(framework, capsys, tmp_path):
     target = tmp_path / "file"
     target.write_text("keep me")
     code, _, err = run_in_process(
-        torch_train.main, ["--data-dir", str(target), "--out-dir", str(tmp_path / "out")],
-        train_prog("torch"), capsys)
-    assert_usage_error(code, err, train_prog("torch"), f"data dir {target} is not a directory")
+        TRAIN[framework], ["--data-dir", str(target), "--out-dir", str(tmp_path / "out")],
+        train_prog(framework), capsys)
+    assert_usage_error(code, err, train_prog(framework), f"data dir {target} is not a directory")
     assert target.read_text() == "keep me"
+    assert not (tmp_path / "out").exists()
 
 
 # --- weight files -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Tests of benchmarks/run.py: the CLI, and that a --quick run writes every promised field."""
 
-import importlib.util
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,11 @@ def _run(*args, timeout=120):
                           timeout=timeout, cwd=REPO)
 
 
-def _load_run_module():
-    spec = importlib.util.spec_from_file_location("benchmark_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _import(name):
+    """A module of the benchmarks package (the repository root is on sys.path)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return __import__(f"benchmarks.{name}", fromlist=[name])
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +48,22 @@ def test_help_exits_0():
     done = _run("--help")
     assert done.returncode == 0
     for flag in ("--quick", "--device", "--batch-sizes", "--variants", "--repeats", "--out-dir",
-                 "--no-epoch", "--time-to-accuracy"):
+                 "--no-epoch", "--time-to-accuracy", "--precision", "--cli", "--no-cli"):
         assert flag in done.stdout
     assert "default: 64,256,1024" in done.stdout
+    assert "{highest,tf32}" in done.stdout
+
+
+def test_help_works_from_another_directory(tmp_path):
+    done = subprocess.run([sys.executable, str(RUN), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args", [("--batch-sizes", "0"), ("--variants", "torch-eager,nope"),
-                                  ("--device", "tpu")])
+                                  ("--device", "tpu"), ("--precision", "fp16")])
 def test_bad_value_is_one_line_exit_2(args, tmp_path):
     done = _run(*args, "--out-dir", str(tmp_path))
     assert done.returncode == 2
@@ -78,6 +88,7 @@ def test_quick_run_environment_and_method(quick):
     results, _, _ = quick
     assert results["schema"] == "mnist-cnn-benchmark/1"
     assert results["device"] == "cpu" and results["quick"] is True
+    assert results["precision"] == "highest"
     env = results["environment"]
     for key in ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "numpy", "python"):
         assert env["versions"][key], key
@@ -151,24 +162,24 @@ def test_quick_run_memory_and_skips(quick):
     results = quick[0]
     assert results["memory"]["host_peak_rss_bytes"] > 0
     assert results["memory"]["torch_device_peak_bytes"] is None  # CPU
-    assert results["epoch"] == {"skipped": "--no-epoch"}
+    assert results["end_to_end"] == {"skipped": "--no-epoch"}
     assert "skipped" in results["time_to_accuracy"]
+    assert "--cli" in results["cli"]["skipped"]  # a CPU runs the CLIs only when asked
 
 
 def test_flax_xla_conv_runs_only_when_it_differs(quick):
-    run = _load_run_module()
-    device = run.find_devices("cpu")[0]
-    custom = run.flax_uses_custom_conv(device.jax)
+    device = _import("environment").find_devices("cpu", "highest")[0]
+    custom = _import("variants").flax_uses_custom_conv(device.flax)
     assert (quick[0]["variants"]["flax-xla-conv"]["status"] == "ok") == custom
 
 
 def test_render_rewrites_reports_even_for_an_interrupted_run(quick, tmp_path, capsys):
     """--render: .md and .png from a JSON alone (a GPU image may lack matplotlib)."""
     results = dict(quick[0], complete=False)
-    for key in ("inference", "latency_ms", "layers", "epoch", "time_to_accuracy", "memory"):
+    for key in ("inference", "latency_ms", "layers", "end_to_end", "time_to_accuracy", "memory"):
         results.pop(key)
     (tmp_path / "cpu.json").write_text(json.dumps(results))
-    _load_run_module().render(tmp_path / "cpu.json")
+    _import("cli").render(tmp_path / "cpu.json")
     text = (tmp_path / "cpu.md").read_text()
     assert "Interrupted" in text and "× torch-eager" in text
     assert (tmp_path / "cpu.png").stat().st_size > 0
@@ -182,22 +193,71 @@ def _tiny_splits(train=40, test=24):
             (rng.integers(0, 256, (test, 28, 28), dtype=np.uint8), rng.integers(0, 10, test)))
 
 
-def test_epoch_and_time_to_accuracy_on_tiny_data(tmp_path):
-    """The real-data code paths, on 40 random images in batches of 16 (last batch 8)."""
-    run = _load_run_module()
-    settings = run.parse_settings(["--quick", "--out-dir", str(tmp_path)])
-    device = run.find_devices("cpu")[0]
-    config = run.Config(batch_size=16, epochs=2)
-    epoch = run.measure_epoch(device, _tiny_splits(), settings, config)
-    assert settings.epoch_max_steps == 2
-    for name in ("torch-eager", "flax-jit"):
-        assert epoch[name]["steps"] == 2 and epoch[name]["images"] == 32
-        assert not epoch[name]["complete_epoch"]
-        assert epoch[name]["seconds"] > 0 and 0 <= epoch[name]["test_accuracy"] <= 1
-    tta = run.measure_time_to_accuracy(device, _tiny_splits(), config)
+def test_time_to_accuracy_on_tiny_data():
+    """The time-to-accuracy code path, on 40 random images in batches of 16 (last batch 8)."""
+    device = _import("environment").find_devices("cpu", "highest")[0]
+    config = _import("variants").Config(batch_size=16, epochs=2)
+    tta = _import("accuracy").measure_time_to_accuracy(device, _tiny_splits(), config)
     for name in ("torch-eager", "flax-jit"):
         result = tta[name]
         assert result["max_epochs"] == 2
         assert len(result["epochs"]) == (result["epochs_to_target"] or 2)
         assert result["reached"] == (result["seconds_to_target"] is not None)
         assert result["warmup_seconds"] > 0
+        assert all(0 <= e["test_accuracy"] <= 1 and e["train_seconds"] > 0
+                   for e in result["epochs"])
+
+
+def _git_status(path):
+    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", str(path)],
+                          capture_output=True, text=True, cwd=REPO)
+    return done.stdout if done.returncode == 0 else None
+
+
+@pytest.mark.data
+def test_quick_run_writes_to_scratch_and_runs_end_to_end(mnist_root):
+    """--quick without --out-dir leaves the repository as it was; the end-to-end section trains
+    both frameworks through the CLIs' loop (2 steps) beside the isolated step at batch 256."""
+    before = _git_status(REPO / "benchmarks")
+    done = _run("--quick", "--device", "cpu", "--no-layers", "--variants", "torch-eager,flax-jit",
+                "--batch-sizes", "256", "--inference-batch-sizes", "1", timeout=QUICK_TIMEOUT_S)
+    found = re.search(r"scratch directory (\S+)", done.stderr)
+    assert found, done.stderr[-3000:]
+    scratch = Path(found.group(1))
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert REPO not in scratch.resolve().parents
+        assert _git_status(REPO / "benchmarks") == before
+        assert sorted(p.name for p in scratch.iterdir()) == ["cpu.json", "cpu.md", "cpu.png"]
+        results = json.loads((scratch / "cpu.json").read_text())
+        e2e = results["end_to_end"]
+        assert set(e2e) == {"torch", "flax"}
+        for framework, entry in e2e.items():
+            assert entry["variant"] == {"torch": "torch-eager", "flax": "flax-jit"}[framework]
+            assert entry["steps"] == 2 and entry["complete_epoch"] is False
+            assert entry["train_seconds"] > 0 and entry["train_images_per_second"] > 0
+            assert 0 <= entry["test_accuracy"] <= 1
+            assert entry["isolated_step_images_per_second"] > 0
+            assert entry["end_to_end_vs_isolated"] > 0
+        assert "## End to end" in (scratch / "cpu.md").read_text()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_cli_section_runs_the_training_cli(tmp_path):
+    """The --cli command is the CLI users type; its report says what metrics lack."""
+    end_to_end = _import("end_to_end")
+    device = _import("environment").find_devices("cpu", "highest")[0]
+    words = end_to_end.cli_command("torch", device, "tf32", False, tmp_path / "run", "/data")
+    assert words[1:] == ["-m", "torch_impl.train", "--device", "cpu", "--precision", "tf32",
+                         "--no-progress", "--out-dir", str(tmp_path / "run"), "--data-dir",
+                         "/data"]
+    quick_words = end_to_end.cli_command("flax", device, "highest", True, tmp_path, "/data")
+    assert quick_words[-4:] == ["--epochs", "1", "--max-steps", "2"]
+    run = {"steps": 2350, "epochs": 10, "train_seconds": 8.5, "ten_epoch_train_seconds": 8.5,
+           "process_seconds": 22.0, "first_call_seconds": 0.0, "first_call_recorded": False,
+           "train_images_per_second": 70000.0, "test_accuracy": 0.987}
+    text = "\n".join(_import("report").cli_lines({"torch": {"highest": run},
+                                                  "flax": {"tf32": {"error": "exit status 2"}}}))
+    assert "| torch | highest | 2350 | 8.5 | 22.0 | not recorded | 98.70 % |" in text
+    assert "failed: exit status 2" in text

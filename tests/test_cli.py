@@ -3,20 +3,13 @@
 Expensive runs are started side by side by module fixtures and shared between tests.
 """
 
-import fcntl
 import importlib
 import json
-import os
-import pty
 import re
-import select
 import shlex
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import time
 
 import numpy as np
 import pytest
@@ -29,6 +22,8 @@ from cli_helpers import (
     read_run,
     run_in_process,
     start_cli,
+    start_cli_paused_at_step,
+    wait_for_file,
 )
 from safetensors.numpy import load_file
 from torch import nn
@@ -168,60 +163,32 @@ def test_tutorial_pt_loads_in_both_evaluate_clis(torch_runs, real_splits, tmp_pa
 # --- Ctrl-C -------------------------------------------------------------------------------------
 
 
-def _interrupt_when_stepping(args, min_step, timeout=300):
-    """Run a CLI with stderr on a terminal; SIGINT once its progress bar shows `min_step`."""
-    controller, terminal = pty.openpty()
-    # A fresh pty is 0 columns wide, and tqdm draws nothing in 0 columns.
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=REPO, env=cli_env(),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
-                               text=True)
-    os.close(terminal)
-    shown, sent, deadline = b"", False, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.05)
-        if ready:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                chunk = b""
-            if not chunk:
-                break
-            shown += chunk
-            steps = [int(n) for n in re.findall(rb"\| *(\d+)/\d+ \[", shown)]
-            if not sent and steps and max(steps) >= min_step:
-                process.send_signal(signal.SIGINT)
-                sent = True
-        elif process.poll() is not None:
-            break
-    os.close(controller)
-    stdout = process.communicate(timeout=60)[0]
-    return process.returncode, stdout, shown.decode(errors="replace"), sent
-
-
 @pytest.fixture(scope="module")
 def sigint_runs(mnist_root, tmp_path_factory):
+    """An 80-step run sent SIGINT while it is paused after step 5 (the pause is the test's, so a
+    fast machine cannot finish first), beside the same run uninterrupted."""
     base = tmp_path_factory.mktemp("sigint")
-    flags = ["--batch-size", 16, "--max-steps", 80]
-    reference = start_cli("torch_impl.train", *flags, "--no-progress",
-                          "--out-dir", base / "reference")
-    code, _, terminal, sent = _interrupt_when_stepping(
-        ["torch_impl.train", *flags, "--out-dir", base / "run"], min_step=5)
+    flags = ["--batch-size", 16, "--max-steps", 80, "--no-progress"]
+    reference = start_cli("torch_impl.train", *flags, "--out-dir", base / "reference")
+    process = start_cli_paused_at_step("torch_impl.train", 5, base / "paused", *flags,
+                                       "--out-dir", base / "run")
+    paused_at = int(wait_for_file(base / "paused", process))
+    process.send_signal(signal.SIGINT)
+    interrupted = finish(process)
     done = finish(reference)
     assert done.returncode == 0, done.stderr
-    return base, code, terminal, sent
+    return base, interrupted, paused_at
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(sigint_runs):
-    base, code, terminal, sent = sigint_runs
-    assert sent, terminal
-    assert code == 130, terminal
-    assert "Traceback" not in terminal
+    base, interrupted, step = sigint_runs
+    terminal = interrupted.stderr
+    assert interrupted.returncode == 130, terminal
+    assert "Traceback" not in terminal and interrupted.stdout == ""
     match = re.search(r"SIGINT after step (\d+) \(epoch 1, batch \1 of 3750\); checkpoint saved "
                       r"in (\S+)\. Resume with: (.+?)\s*$", terminal, re.MULTILINE)
     assert match, terminal
-    step = int(match.group(1))
-    assert 5 <= step < 80
+    assert int(match.group(1)) == step and 5 <= step < 80  # where the test paused the run
     assert (base / "run" / "checkpoints" / "latest").read_text() == f"step-{step:07d}\n"
     assert not (base / "run" / "metrics.json").exists()
 

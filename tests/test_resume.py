@@ -203,10 +203,14 @@ def test_resume_with_the_other_framework_is_refused(small_mnist, jax_compile_cac
         train("flax", finished_checkpoint, epochs=3, resume=True)
 
 
-def test_fresh_run_may_replace_a_finished_run(small_mnist, finished_checkpoint, tmp_path):
+def test_fresh_run_replaces_a_finished_run_only_when_asked(small_mnist, finished_checkpoint,
+                                                           tmp_path):
     import shutil
 
     out_dir = tmp_path / "copy"
     shutil.copytree(finished_checkpoint, out_dir)
-    train("torch", out_dir, epochs=3, max_steps=2)
+    with pytest.raises(UsageError, match="made with --max-steps 3, not 2; pass --overwrite"):
+        train("torch", out_dir, epochs=3, max_steps=2)
+    assert checkpoint_step(out_dir) == 3
+    train("torch", out_dir, epochs=3, max_steps=2, overwrite=True)
     assert checkpoint_step(out_dir) == 2

@@ -120,6 +120,29 @@ def place_batch(placement, images, labels):
             labels.to(placement.device, non_blocking=True))
 
 
+def place_split(placement, images, labels):
+    """A whole split (uint8 images (N, 28, 28), labels) held on the device, for `gather_batch`;
+    None in a group, where each rank cuts its share of host batches (`place_batch`)."""
+    if placement.group is not None:
+        return None
+    return (torch.from_numpy(images).to(placement.device),
+            torch.from_numpy(labels).to(placement.device))
+
+
+def gather_batch(split, indices):
+    """The batch of `indices` cut from a placed split on its device: ToTensor's arithmetic
+    (uint8 -> float32, / 255) exactly, as `mnist_common.loaders` does on the host."""
+    images, labels = split
+    index = torch.from_numpy(indices).to(images.device)
+    return images[index].unsqueeze(1).to(torch.float32).div(255), labels[index]  # (B, 1, 28, 28)
+
+
+def steps_per_dispatch(placement):
+    """Train steps per call of `train_steps` by default: 1 on the CPU (nothing to gain), else
+    None (an epoch: the host reads the losses back once per epoch)."""
+    return 1 if placement.device.type == "cpu" else None
+
+
 def train_step(state, batch):
     """One Adam step on one batch; the loss stays on the device."""
     if state.ddp is not None:

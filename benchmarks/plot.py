@@ -1,0 +1,67 @@
+"""The results on disk: `<out-dir>/<device>.json`, `.md` and `.png`, each written atomically."""
+
+import json
+
+import numpy as np
+
+from benchmarks import PROG
+from benchmarks.report import markdown, section_ok
+from benchmarks.timing import describe_error, status
+from mnist_common.fileio import atomic_path, write_text_atomic
+
+
+def _bars(ax, results, key, names, width):
+    """One group of bars per batch size, one bar per variant (min–max as error bars)."""
+    batches = list(results[key])
+    for i, name in enumerate(names):
+        medians, low, high = [], [], []
+        for batch in batches:
+            stats = results[key][batch].get(name, {}).get("images_per_second")
+            medians.append(stats["median"] if stats else np.nan)
+            low.append(stats["median"] - stats["min"] if stats else 0)
+            high.append(stats["max"] - stats["median"] if stats else 0)
+        xs = np.arange(len(batches)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(xs, medians, width, yerr=[low, high], capsize=2, label=name)
+    ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
+
+
+def plot(results, path):
+    """Bar charts of training and inference images/s per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
+    sections = [(key, title) for key, title in (("train", "training step"),
+                                                ("inference", "inference (logits)"))
+                if section_ok(results, key)]
+    fig, axes = plt.subplots(1, max(len(sections), 1), figsize=(12, 4.5), dpi=100, squeeze=False)
+    for ax, (key, title) in zip(axes[0], sections, strict=False):
+        _bars(ax, results, key, names, 0.8 / max(len(names), 1))
+        ax.set_yscale("log")
+        ax.set_ylabel("images / s (median, min–max)")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"MNIST CNN, {results['device_name']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_json(results, out_dir):
+    """<out_dir>/<device>.json, atomically."""
+    write_text_atomic(out_dir / f"{results['device']}.json", json.dumps(results, indent=2) + "\n")
+
+
+def write_reports(results, out_dir):
+    """<out_dir>/<device>.md and .png (no PNG without matplotlib); returns the Markdown."""
+    text = markdown(results)
+    write_text_atomic(out_dir / f"{results['device']}.md", text)
+    try:
+        plot(results, out_dir / f"{results['device']}.png")
+    except ImportError as err:  # a bare GPU image may lack matplotlib: render later, --render
+        status(f"no PNG ({describe_error(err)}); run `{PROG} --render <json>` where it is")
+    return text
