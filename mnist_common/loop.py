@@ -106,6 +106,7 @@ class TrainingRun:
         self.dispatch = (config.steps_per_dispatch or backend.steps_per_dispatch(placement)
                          or self.steps_per_epoch)
         self.placed = {}  # split name -> the split held on the device (memory loader only)
+        self.first_call_seconds = None  # this process's first dispatch: compile + its steps
 
     # --- messages ---
 
@@ -216,8 +217,11 @@ class TrainingRun:
     def run_steps(self, chunk, bar):
         """One dispatch of steps; a non-finite loss stops the run at its exact step."""
         p = self.progress
+        start = time.perf_counter()
         new_state, losses = self.backend.train_steps(self.state, chunk)
-        losses = [float(loss) for loss in losses]
+        losses = [float(loss) for loss in losses]  # waits for the dispatch to finish
+        if self.first_call_seconds is None:
+            self.first_call_seconds = time.perf_counter() - start
         for offset, loss in enumerate(losses):
             if not math.isfinite(loss):
                 bar.close()
@@ -293,6 +297,7 @@ class TrainingRun:
         metrics = reporting.build_metrics(
             self.config, self.framework, self.backend.versions(),
             self.backend.describe_placement(self.placement), p, records, images_seen)
+        metrics["first_call_seconds"] = self.first_call_seconds  # None: nothing trained here
         try:
             reporting.write_outputs(self.out_dir, params, metrics)
         except OSError as err:
