@@ -108,8 +108,13 @@ def create_train_state(config, placement):
     return TrainState(model, optimizer, placement, ddp)
 
 
-def cross_entropy(logits, labels):
-    return nn.functional.cross_entropy(logits, labels)
+def cross_entropy(logits, labels, mask=None):
+    """Mean cross-entropy of integer labels; with a 0/1 `mask`, the mean over the examples it
+    keeps."""
+    if mask is None:
+        return nn.functional.cross_entropy(logits, labels)
+    losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+    return (losses * mask).sum() / mask.sum()
 
 
 def place_batch(placement, images, labels):

@@ -1,0 +1,79 @@
+"""The two engines mirror each other, and the CLIs stay thin."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flax_impl import backend as flax_backend
+from mnist_common.backend import Backend, public_functions
+from torch_impl import backend as torch_backend
+
+REPO = Path(__file__).resolve().parents[1]
+CLI_MODULES = {"torch_impl.train", "torch_impl.evaluate", "flax_impl.train",
+               "flax_impl.evaluate", "mnist_common.compare"}
+
+
+def test_both_engines_define_the_interface_with_the_same_parameters():
+    torch_functions = public_functions(torch_backend)
+    assert torch_functions == public_functions(flax_backend)
+    assert len(torch_functions) >= 15
+    assert torch_backend.FRAMEWORK == "torch" and flax_backend.FRAMEWORK == "flax"
+
+
+def test_the_engines_have_no_other_public_functions():
+    interface = {name for name in vars(Backend) if not name.startswith("_")}
+    for backend in (torch_backend, flax_backend):
+        public = {name for name, value in vars(backend).items()
+                  if callable(value) and not name.startswith("_") and not isinstance(value, type)
+                  and getattr(value, "__module__", backend.__name__) == backend.__name__}
+        assert public <= interface, (backend.__name__, public - interface)
+
+
+def test_no_library_code_imports_a_cli_module():
+    """The CLIs are entry points; only the tests that test them (in-process) import them."""
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        parts = path.relative_to(REPO).parts
+        if parts[0] in (".venv", "tests", "parity_tests") or path.name == "conftest.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n in CLI_MODULES]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("module", sorted(CLI_MODULES - {"mnist_common.compare"}))
+def test_help_imports_no_framework(module):
+    code = (f"import sys, runpy\nsys.argv = ['x', '--help']\n"
+            f"try:\n    runpy.run_module('{module}', run_name='__main__')\n"
+            f"except SystemExit:\n    pass\n"
+            f"print(sorted(m for m in ('torch', 'jax', 'flax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.count("(default:") >= 3  # defaults are stated
+    assert "(default: None)" not in done.stdout and "(default: True)" not in done.stdout
+
+
+def test_masked_cross_entropy_agrees_between_engines():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, size=6)
+    mask = np.array([1, 1, 0, 1, 0, 1], np.float32)
+    torch_loss = torch_backend.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
+                                             torch.from_numpy(mask))
+    flax_loss = flax_backend.cross_entropy(logits, labels.astype(np.int32), mask)
+    kept = torch_backend.cross_entropy(torch.from_numpy(logits[mask == 1]),
+                                       torch.from_numpy(labels[mask == 1]))
+    assert abs(float(torch_loss) - float(kept)) <= 1e-6
+    assert abs(float(flax_loss) - float(kept)) <= 1e-6
