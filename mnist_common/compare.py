@@ -1,10 +1,16 @@
-"""Side-by-side summary of two training runs: `python -m mnist_common.compare DIR DIR`."""
+"""Side-by-side summary of training runs: `python -m mnist_common.compare DIR DIR ...`.
 
-import argparse
+Prints a Markdown table of the runs' metrics and writes one figure, both runs' training-loss
+curves and per-epoch test accuracy overlaid: for a project whose point is "the same model",
+the picture shows it at a glance.
+"""
+
 import json
 from pathlib import Path
 
-from mnist_common.errors import UsageError, run_cli
+from mnist_common.errors import ArgumentParser, UsageError, run_cli
+
+PROG = "python -m mnist_common.compare"
 
 
 def read_metrics(run_dir):
@@ -29,13 +35,53 @@ def format_table(runs):
     return "\n".join(lines)
 
 
+def plot_runs(runs, path):
+    """Training loss per step (left) and test accuracy per epoch (right), every run overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mnist_common.fileio import atomic_path
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for m in runs:
+        label = f"{m['framework']} ({m['device']})"
+        losses = np.asarray(m["step_losses"], dtype=np.float64)
+        loss_ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.7, alpha=0.8, label=label)
+        epochs = [e for e in m["epochs"] if not e.get("partial")]
+        acc_ax.plot([e["epoch"] for e in epochs], [100 * e["test_accuracy"] for e in epochs],
+                    "o-", label=f"{label}: {100 * m['test_accuracy']:.2f} %")
+    loss_ax.set(yscale="log", xlabel="step", ylabel="training loss (cross-entropy)",
+                title="training loss, per step")
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy, per epoch")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mnist_common.compare",
-                                     description="Print the runs' metrics side by side.")
+    parser = ArgumentParser(prog=PROG, description="Print the runs' metrics side by side and "
+                                                   "plot their loss and accuracy curves.")
     parser.add_argument("run_dirs", nargs="+", metavar="DIR", help="--out-dir of a training run")
+    parser.add_argument("--plot", metavar="FILE", default=None,
+                        help="where the figure goes (default: compare.png in the parent of the "
+                             "first DIR, e.g. runs/compare.png)")
     args = parser.parse_args(argv)
-    print(format_table([read_metrics(d) for d in args.run_dirs]))
+    runs = [read_metrics(d) for d in args.run_dirs]
+    print(format_table(runs))
+    plot = Path(args.plot) if args.plot else Path(args.run_dirs[0]).resolve().parent / "compare.png"
+    try:
+        plot_runs(runs, plot)
+    except OSError as err:
+        raise UsageError(f"--plot {plot}: cannot write it ({err.strerror or err})") from None
+    print(f"figure: {plot}")
 
 
 if __name__ == "__main__":
-    run_cli(main, prog="python -m mnist_common.compare")
+    run_cli(main, prog=PROG)

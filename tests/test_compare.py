@@ -1,0 +1,44 @@
+"""`python -m mnist_common.compare`: the table and the overlaid figure of two runs."""
+
+import json
+
+from cli_helpers import assert_usage_error, run_in_process
+
+from mnist_common import compare
+
+PROG = "python -m mnist_common.compare"
+
+
+def fake_run(directory, framework, accuracies):
+    directory.mkdir()
+    epochs = [{"epoch": i + 1, "step": 3 * (i + 1), "partial": False, "test_accuracy": a}
+              for i, a in enumerate(accuracies)]
+    metrics = {"framework": framework, "device": "cpu (x86_64)", "test_accuracy": accuracies[-1],
+               "test_loss": 0.05, "train_seconds": 12.5, "train_images_per_second": 4800.0,
+               "step_losses": [2.3, 1.0, 0.5, 0.3, 0.2, 0.1], "epochs": epochs}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    return directory
+
+
+def test_table_and_figure(tmp_path, capsys):
+    runs = [fake_run(tmp_path / "torch", "torch", [0.95, 0.985]),
+            fake_run(tmp_path / "flax", "flax", [0.94, 0.986])]
+    code, out, err = run_in_process(compare.main, [str(r) for r in runs], PROG, capsys)
+    assert code == 0, err
+    assert "| torch | cpu (x86_64) | 98.50 % |" in out and "| flax |" in out
+    figure = tmp_path / "compare.png"  # beside the run dirs, by default
+    assert f"figure: {figure}" in out
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_run_is_one_line(tmp_path, capsys):
+    code, _, err = run_in_process(compare.main, [str(tmp_path / "nope")], PROG, capsys)
+    assert_usage_error(code, err, PROG, "metrics.json: no such file (train first)")
+
+
+def test_unwritable_figure_is_one_line(tmp_path, capsys):
+    run = fake_run(tmp_path / "torch", "torch", [0.98])
+    code, _, err = run_in_process(compare.main, [str(run), "--plot",
+                                                 str(tmp_path / "no" / "dir" / "c.png")],
+                                  PROG, capsys)
+    assert_usage_error(code, err, PROG, "cannot write it")
