@@ -6,6 +6,7 @@ interpreter start-up. (Not in conftest.py: parity_tests/ has a conftest module o
 `from conftest import ...` would be ambiguous.)
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -177,3 +178,21 @@ def use_small_mnist(monkeypatch, real_splits):
               False: (test_x[:SMALL_TEST], test_y[:SMALL_TEST])}
     monkeypatch.setattr(data, "load_arrays", lambda root, train: splits[train])
     return splits
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory, size):
+    """A real size-limited tmpfs at `directory` (root only); the test is skipped where
+    mounting is not permitted. Unmounted afterwards."""
+    directory.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(directory)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True, timeout=30)

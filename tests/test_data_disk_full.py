@@ -11,6 +11,7 @@ import subprocess
 import types
 
 import pytest
+from cli_helpers import mounted_tmpfs
 from test_data import MANIFEST, TINY, assert_one_line, good_source, litter, raw_of
 
 from mnist_common.data import (
@@ -134,21 +135,8 @@ def test_cli_full_disk_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
 @pytest.fixture
 def tiny_filesystem(tmp_path):
     """A real 1 MiB tmpfs (root only); skipped where mounting is not permitted."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"cannot mount a tmpfs here: {err}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
 
 
 def test_real_full_filesystem(tiny_filesystem):

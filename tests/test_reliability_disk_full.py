@@ -11,10 +11,9 @@ where mounting is not permitted.
 import errno
 import os
 import pathlib
-import subprocess
 
 import pytest
-from cli_helpers import assert_error_after_status, run_in_process
+from cli_helpers import assert_error_after_status, mounted_tmpfs, run_in_process
 from safetensors import SafetensorError
 
 from flax_impl import train as flax_train
@@ -181,19 +180,8 @@ def test_atomic_path_turns_a_safetensors_error_into_enospc(tmp_path, monkeypatch
 @pytest.fixture
 def small_filesystem(tmp_path):
     """A real 16 MiB tmpfs (root only); skipped where mounting is not permitted."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
-                               str(mount_point)], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"cannot mount a tmpfs here: {err}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True, timeout=30)
 
 
 def fill(mount_point, leave):
