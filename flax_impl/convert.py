@@ -7,12 +7,12 @@ Every map is a permutation of elements, so a round trip is bit-identical.
 
 import numpy as np
 
-from mnist_common.weights import CANONICAL_SHAPES
+from mnist_common.architecture import CANONICAL_SHAPES, FLATTEN_SHAPE, LAYERS
 
-CONV_KEYS = ("layer.0", "layer.2", "layer.5")
-DENSE_KEYS = ("fc_layer.0", "fc_layer.2")
+CONV_KEYS = tuple(layer.key for layer in LAYERS if layer.kind == "conv")
+DENSE_KEYS = tuple(layer.key for layer in LAYERS if layer.kind == "linear")
 # HWC_FROM_CHW[j] = the torch (C, H, W) input index that Flax's j-th (H, W, C) input holds.
-HWC_FROM_CHW = np.arange(64 * 3 * 3).reshape(64, 3, 3).transpose(1, 2, 0).ravel()
+HWC_FROM_CHW = np.arange(np.prod(FLATTEN_SHAPE)).reshape(FLATTEN_SHAPE).transpose(1, 2, 0).ravel()
 
 
 def module_name(key):
@@ -30,7 +30,7 @@ def canonical_to_params(arrays):
         }
     for key in DENSE_KEYS:
         kernel = arrays[f"{key}.weight"].T  # (in, out)
-        if key == "fc_layer.0":
+        if key == DENSE_KEYS[0]:  # its inputs are the flattened feature maps
             kernel = kernel[HWC_FROM_CHW]
         params[module_name(key)] = {"kernel": np.ascontiguousarray(kernel),
                                     "bias": np.array(arrays[f"{key}.bias"])}
@@ -48,7 +48,7 @@ def params_to_canonical(params):
     for key in DENSE_KEYS:
         layer = params[module_name(key)]
         kernel = np.asarray(layer["kernel"])
-        if key == "fc_layer.0":
+        if key == DENSE_KEYS[0]:
             unpermuted = np.empty_like(kernel)
             unpermuted[HWC_FROM_CHW] = kernel
             kernel = unpermuted

@@ -88,3 +88,26 @@ def test_partial_batch_works_in_both(canonical_weights):
     flax_logits = np.asarray(state.apply_fn({"params": state.params},
                                             to_numpy_batch(images, labels)[0]))
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=0, atol=LOGIT_ATOL)
+
+
+def test_both_models_have_the_layers_of_the_architecture_table():
+    """The layer table in mnist_common/architecture.py is what both models build."""
+    from mnist_common.architecture import FLATTEN_SHAPE, LAYERS
+
+    images, labels = random_batch(0, batch_size=2)
+    torch_model, outputs = TorchCNN(), {}
+    modules = dict(torch_model.named_modules())
+    for layer in LAYERS:
+        modules[layer.key].register_forward_hook(
+            lambda mod, inp, out, key=layer.key: outputs.__setitem__(key, (inp[0], out)))
+    torch_model(images)
+    params = FlaxCNN().init(jax.random.PRNGKey(0), to_numpy_batch(images, labels)[0])["params"]
+    for layer in LAYERS:
+        torch_in, torch_out = outputs[layer.key]
+        assert tuple(torch_in.shape[1:]) == layer.in_shape, layer.key
+        assert tuple(torch_out.shape[1:]) == layer.out_shape, layer.key
+        assert tuple(modules[layer.key].weight.shape) == layer.weight_shape, layer.key
+        kernel = params[convert.module_name(layer.key)]["kernel"]
+        flax_shape = layer.weight_shape[2:] + layer.weight_shape[1::-1]  # HWIO or (in, out)
+        assert kernel.shape == flax_shape, layer.key
+    assert LAYERS[3].in_shape == (int(np.prod(FLATTEN_SHAPE)),)

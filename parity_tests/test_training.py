@@ -111,10 +111,64 @@ def test_one_adam_step_matches(canonical_weights):
     assert torch_opt["step"][0] == flax_opt["step"][0] == 1
 
 
+# A 2x2 max-pool sends its gradient to the window's largest entry. Where the two largest are within
+# float32 rounding of each other, the two engines' forwards (each convolution <= 5e-7 relative
+# apart, tests/test_cpu_conv.py) may order them differently and route the gradient elsewhere:
+# a conv weight then moves ~6e-6 differently, which tests rounding, not the model. A positive
+# window maximum whose runner-up is within NEAR_TIE of it (relative to the pool input's largest
+# entry, ~8 ulps of it) makes a batch unfit for the one-step check; zero maxima do not count
+# (the ReLU passes no gradient there). Random 64-image batches have ~1-10 such windows in 200k.
+NEAR_TIE = 1e-6
+
+
+def pool_near_ties(weights, images):
+    """How many 2x2 windows of each max-pool (torch's forward on `images`) are near-tied."""
+    model = torch_state(weights).model
+    pool_inputs = []
+    hooks = [m.register_forward_hook(lambda m, args, out: pool_inputs.append(args[0]))
+             for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    assert len(pool_inputs) == 2
+    counts = []
+    for x in pool_inputs:
+        n, c, h, w = x.shape
+        windows = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5)
+        top2 = windows.reshape(n, c, h // 2, w // 2, 4).topk(2, dim=-1).values
+        gap = top2[..., 0] - top2[..., 1]
+        near = (top2[..., 0] > 0) & (gap <= NEAR_TIE * x.abs().max())
+        counts.append(int(near.sum()))
+    return counts
+
+
+def tie_free_batch(weights, first_seed, batch_size, tries=100):
+    """The first `random_batch(seed)`, seed = first_seed, first_seed + 1, ..., with no near-tied
+    pool window (deterministic: the same weights give the same seed every run)."""
+    for seed in range(first_seed, first_seed + tries):
+        batch = random_batch(seed, batch_size)
+        counts = pool_near_ties(weights, batch[0])
+        if sum(counts) == 0:
+            print(f"one-step batch: seed {seed}; {seed - first_seed} candidate(s) skipped for "
+                  f"near-tied max-pool windows")
+            return batch
+    raise AssertionError(f"no batch without near-tied pool windows in seeds {first_seed}.."
+                         f"{first_seed + tries - 1}")
+
+
+def test_near_tie_detection_finds_the_known_case(canonical_weights):
+    # Guard for the precondition below: seed 4 holds a second-pool window whose two largest
+    # entries are 7.5e-9 apart (2.5e-8 of the input's largest entry).
+    assert pool_near_ties(canonical_weights, random_batch(4, batch_size=64)[0])[1] >= 1
+
+
 def test_one_train_step_matches_where_gradients_are_not_tiny(canonical_weights):
     # Each side's full train_step (own gradients): every weight whose gradient is well above
-    # Adam's eps moves identically to 1e-6 (see the test above for why tiny ones may not).
-    batch = random_batch(4, batch_size=64)
+    # Adam's eps moves identically to 1e-6 (see the test above for why tiny ones may not), on a
+    # batch without near-tied pool windows (see NEAR_TIE).
+    batch = tie_free_batch(canonical_weights, first_seed=4, batch_size=64)
+    assert pool_near_ties(canonical_weights, batch[0]) == [0, 0]  # the precondition
     _, grads = torch_loss_and_grads(canonical_weights, batch)
     (_, torch_params, _), (_, flax_params, _) = run_steps(canonical_weights, [batch])
     for key in CANONICAL_SHAPES:
