@@ -2,9 +2,15 @@
 
 The same seed, the same global batches: 2 processes / devices share each batch, so after 20 steps
 the weights and per-step losses equal the single-process run's up to float32 summation order
-(the gradient is summed in two parts and then added, instead of in one pass), which stays far
-below 1e-5 for this model (measured: losses 4e-7, weights 5e-7 apart). Checkpoints carry
-canonical arrays, not a device layout, so a run resumes on another device count.
+(the gradient is summed in two parts and then added, instead of in one pass). The losses stay
+within 1e-5. So do the weights, except where Adam amplifies rounding: a weight whose gradients
+sit near Adam's eps (1e-8) moves by lr * g / (|g| + eps), so a rounding-level change of g can
+move it by up to lr per step. Measured on a 2-core AMD EPYC: losses 4e-7 and weights 5e-7 apart;
+on a 2-core Intel Xeon (same code, same versions): torch's losses within 1e-5, 76 of fc_layer.0's
+57,600 weights (one hidden unit's row) up to 7.3e-5 apart, every other weight within 1e-5. The
+check is therefore: every loss within 1e-5, at least 99.5 % of every tensor's elements within
+1e-5, and every element within one learning rate. Checkpoints carry canonical arrays, not a
+device layout, so a run resumes on another device count.
 """
 
 import json
@@ -19,6 +25,8 @@ from cli_helpers import REPO, cli_env, finish, read_run
 
 STEPS = 20
 TOLERANCE = 1e-5
+BULK_FRACTION = 0.995  # of each tensor's elements within TOLERANCE (see the docstring)
+LEARNING_RATE = 2e-4  # the bound on every element: Adam moves a weight by <= ~lr per step
 pytestmark = pytest.mark.slow
 
 
@@ -67,8 +75,9 @@ def assert_close_runs(actual_dir, expected_dir, steps=STEPS):
     np.testing.assert_allclose(losses, expected_losses, rtol=0, atol=TOLERANCE)
     assert losses[-1] < losses[0] - 1e-3  # it trained (100x the tolerance)
     for key, expected in expected_weights.items():
-        np.testing.assert_allclose(actual_weights[key], expected, rtol=0, atol=TOLERANCE,
-                                   err_msg=key)
+        gap = np.abs(actual_weights[key] - expected)
+        assert (gap <= TOLERANCE).mean() >= BULK_FRACTION, (key, (gap > TOLERANCE).sum())
+        assert gap.max() <= LEARNING_RATE, (key, gap.max())
     # Evaluation is sharded too: the same test images, counted once each.
     assert actual_metrics["test_examples"] == expected_metrics["test_examples"] == 10_000
     assert abs(actual_metrics["test_correct"] - expected_metrics["test_correct"]) <= 2
