@@ -17,10 +17,7 @@ input gradient and the weight gradient each run as XLA's convolution or as GEMMs
 (`lax.map`) whose patch matrix stays a few MB:
   forward      y  = patches(x) . w               (25 shifted slices side by side, (kh, kw, c)
                                                    order = the HWIO kernel's reshape order)
-  weight grad  dw[i] = sum over chunks rows_i(x)^T . g
-                                                 (one GEMM per kernel row over the kw shifted
-                                                  copies side by side, no patch matrix, summed
-                                                  into a lax.scan carry)
+  weight grad  dw = sum over chunks patches(x)^T . g
   input grad   dx = col2im(g . w^T)              (each patch row added back at its 25 offsets)
 A `jax.custom_vjp` ties the three together. Accumulation is float32 throughout; the sums are XLA's
 products in another order (forward <= 5e-7, gradients <= 1e-6 relative to the largest entry).
@@ -43,9 +40,6 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # Largest patch matrix of one lax.map step: a few MB, well inside the 32 MB L3 (the batch-256
 # patch matrix of the 16->32 layer is 164 MB; building it whole costs 5x the GEMM).
 _CHUNK_BYTES = 4 << 20
-# Rows (images x output positions) each of the weight gradient's GEMMs sums over per scan step
-# (measured: 16->32 best at 8 images, 32->64 at 64).
-_WEIGHT_GRAD_ROWS = 2048
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -104,13 +98,12 @@ def _is_specialised(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilatio
 
 
 class _Plan(NamedTuple):
-    """How one layer's three parts run: "gemm" / "col2im" / "offsets" (chunked GEMMs) or "xla"."""
+    """How one layer's three parts run: "gemm" / "col2im" (chunked GEMMs) or "xla"."""
 
     forward: str
     input_grad: str
     weight_grad: str
-    chunk: int  # images per lax.map step of the forward's and col2im's GEMMs
-    weight_grad_chunk: int  # images per lax.scan step of the weight gradient's kernel-row GEMMs
+    chunk: int  # images per lax.map step
 
 
 def _plan(lhs_shape, rhs_shape):
@@ -124,15 +117,6 @@ def _plan(lhs_shape, rhs_shape):
     - Small output maps (10x10x32 -> 6x6x64, 36 positions): XLA's forward (11.6) is kept (the
       GEMM is no faster and sums in another order); input grad as col2im 11.8 (XLA 44), weight grad
       as chunked GEMM 11.7 (XLA 21.9).
-    Later, on a 2-core AVX-512 Xeon (interleaved in one process, ratios): the weight gradient as
-    one GEMM per kernel row ("offsets", `_offset_weight_grad`) runs 1.76x (16->32) and 1.50x
-    (32->64) faster than the patch GEMM (one GEMM per kernel offset: 1.54x and 1.36x);
-    the input gradient as a "full" forward convolution of the padded output gradient (flipped,
-    transposed kernel, chunked GEMM path) took 2.1x XLA's (16->32: 3.8 GFLOP, 16 output columns),
-    and per-offset GEMMs for dx were 0.8-0.9x col2im/XLA: dx stays as above. The forward as one
-    GEMM per kernel row (kw shifted copies instead of the kh*kw patch matrix) made the train step
-    1.05x faster and is closer to float64 than XLA's (1.4e-7 vs 3.7e-7 relative), but it sits
-    2.9-4.3e-7 from XLA's against the tests' 5e-7: too thin a margin for other CPUs, not kept.
     """
     _, height, width, channels = lhs_shape
     kh, kw, _, _ = rhs_shape
@@ -143,15 +127,17 @@ def _plan(lhs_shape, rhs_shape):
     chunk = 1
     while 2 * chunk * patch_bytes <= _CHUNK_BYTES:
         chunk *= 2
-    # The weight gradient's kh GEMMs each contract over chunk x out_positions rows: at least
-    # _WEIGHT_GRAD_ROWS of them (16->32: 8 images, 3,200 rows; 32->64: 64 images, 2,304 rows).
-    weight_grad_chunk = 1
-    while weight_grad_chunk * out_positions < _WEIGHT_GRAD_ROWS:
-        weight_grad_chunk *= 2
-    # (The forward at 16 images per step instead of 4: layer 1.2x, train step 1.00x; not kept.)
     if out_positions >= 100:
-        return _Plan("gemm", "xla", "offsets", chunk, weight_grad_chunk)
-    return _Plan("xla", "col2im", "offsets", chunk, weight_grad_chunk)
+        return _Plan("gemm", "xla", "gemm", chunk)
+    return _Plan("xla", "col2im", "gemm", chunk)
+
+
+def _patches(x, kh, kw):
+    """(b, h, w, c) -> (b, ho, wo, kh*kw*c): the kh*kw shifted windows side by side."""
+    _, height, width, _ = x.shape
+    ho, wo = height - kh + 1, width - kw + 1
+    return jnp.concatenate(
+        [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
 def _chunks(a, chunk):
@@ -175,16 +161,17 @@ def _map_chunks(fn, arrays, chunk):
     return out.reshape((-1,) + out.shape[2:])[:batch]
 
 
-def _patches(x, kh, kw):
-    """(b, h, w, c) -> (b, ho, wo, kh*kw*c): the kh*kw shifted windows side by side."""
-    _, height, width, _ = x.shape
-    ho, wo = height - kh + 1, width - kw + 1
-    return jnp.concatenate(
-        [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+def _sum_chunks(fn, arrays, chunk):
+    """The sum over batch chunks of fn(chunk): lax.map of partial results, then one sum.
+
+    Padding images are zeros and so are their gradients: they add nothing."""
+    if arrays[0].shape[0] <= chunk:
+        return fn(*arrays)
+    return lax.map(lambda parts: fn(*parts), tuple(_chunks(a, chunk) for a in arrays)).sum(axis=0)
 
 
 def _gemm_forward(x, w, chunk, precision):
-    """y = patches(x) . w, chunk by chunk (one GEMM per chunk: XLA's sum order stays close)."""
+    """y = patches(x) . w, chunk by chunk."""
     kh, kw, _, out_channels = w.shape
     w_mat = w.reshape(-1, out_channels)
 
@@ -197,31 +184,16 @@ def _gemm_forward(x, w, chunk, precision):
     return _map_chunks(one, (x,), chunk)
 
 
-def _offset_weight_grad(x, g, w_shape, chunk, precision):
-    """dw[i] = sum over chunks of rows_i(x)^T . g: one GEMM per kernel row, no patch matrix.
-
-    rows(x) puts the kw horizontally shifted copies of the chunk's input side by side, (b, h, wo,
-    kw*c) in (kw, c) order = the HWIO kernel's; kernel row i reads its rows i..i+ho-1, (rows,
-    kw*c) against the output gradient (rows, o). A `lax.scan` adds each chunk's (kh, kw*c, o) into
-    one carry (no stacked per-chunk partials). Measured 1.76x (16->32) and 1.50x (32->64) faster
-    than the earlier sum over chunks of patches(x)^T . g."""
-    kh, kw, in_channels, out_channels = w_shape
+def _gemm_weight_grad(x, g, w_shape, chunk, precision):
+    """dw = sum over chunks of patches(x)^T . g."""
+    kh, kw, _, out_channels = w_shape
 
     def one(xc, gc):
-        _, ho, wo, _ = gc.shape
-        gm = gc.reshape(-1, out_channels)
-        rows = jnp.concatenate([xc[:, :, j:j + wo, :] for j in range(kw)], axis=-1)
-        return jnp.stack([
-            jnp.dot(rows[:, i:i + ho].reshape(-1, kw * in_channels).T, gm,
-                    precision=precision, preferred_element_type=jnp.float32)
-            for i in range(kh)])
+        p = _patches(xc, kh, kw)
+        return jnp.dot(p.reshape(-1, p.shape[-1]).T, gc.reshape(-1, out_channels),
+                       precision=precision, preferred_element_type=jnp.float32)
 
-    if x.shape[0] <= chunk:
-        return one(x, g).reshape(w_shape)
-    zero = jnp.zeros((kh, kw * in_channels, out_channels), jnp.float32)
-    dw, _ = lax.scan(lambda acc, parts: (acc + one(*parts), None), zero,
-                     (_chunks(x, chunk), _chunks(g, chunk)))
-    return dw.reshape(w_shape)
+    return _sum_chunks(one, (x, g), chunk).reshape(w_shape)
 
 
 def _col2im_input_grad(g, w, chunk, precision):
@@ -270,8 +242,8 @@ def _valid_conv_bwd(plan, precision, residuals, g):
         dx = _col2im_input_grad(g, w, plan.chunk, precision)
     else:
         dx = xla_dx
-    if plan.weight_grad == "offsets":
-        dw = _offset_weight_grad(x, g, w.shape, plan.weight_grad_chunk, precision)
+    if plan.weight_grad == "gemm":
+        dw = _gemm_weight_grad(x, g, w.shape, plan.chunk, precision)
     else:
         dw = xla_dw
     return dx, dw
