@@ -11,9 +11,10 @@ import math
 import os
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from mnist_common.fileio import say
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
 QUIET = 0.1  # --wait-quiet: at most this share of the CPUs used by other processes
@@ -27,7 +28,7 @@ _STARTED = time.perf_counter()
 
 def status(message):
     """One progress line on stderr, prefixed with the seconds since start."""
-    print(f"{time.perf_counter() - _STARTED:6.1f}s {message}", file=sys.stderr, flush=True)
+    say(f"{time.perf_counter() - _STARTED:6.1f}s {message}")
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnist_common.errors import UsageError
+from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import to_numpy_batch
 
 DATA_AXIS = "data"
@@ -55,9 +55,8 @@ def init():
     try:
         jax.distributed.initialize(address, num_processes, process_id)
     except Exception as err:  # e.g. the coordinator's port is taken: JaxRuntimeError
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"JAX_COORDINATOR_ADDRESS {address}: cannot join the run "
-                         f"({reason})") from None
+                         f"({first_line(err)})") from None
 
 
 def shutdown():

@@ -19,8 +19,8 @@ import numpy as np
 
 from mnist_common.architecture import CANONICAL_SHAPES
 from mnist_common.config import program
-from mnist_common.errors import UsageError
-from mnist_common.fileio import fsync_dir, remove_stale, sha256_file, write_text_atomic
+from mnist_common.errors import UsageError, first_line
+from mnist_common.fileio import fsync_dir, remove_path, sha256_file, write_text_atomic
 from mnist_common.weights import check_weights, load_arrays_file, save_arrays, save_weights
 
 CHECKPOINT_DIR = "checkpoints"
@@ -90,7 +90,7 @@ def save_checkpoint(out_dir, params, optimizer, progress):
     fsync_dir(root)
     for entry in root.iterdir():  # the superseded checkpoint and litter of killed writers
         if entry.name not in (name, LATEST):
-            remove_stale(root, entry.name)
+            remove_path(entry)
     return final
 
 
@@ -167,7 +167,7 @@ def load_checkpoint(out_dir):
             raise ValueError("model.safetensors holds NaN or infinite weights")
         _check_optimizer(optimizer, progress["global_step"])
     except (OSError, ValueError, UsageError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         if isinstance(err, OSError) and err.strerror:
             reason = f"{err.filename}: {err.strerror}"
         raise UsageError(f"checkpoint {directory} is damaged ({reason})") from None

@@ -12,6 +12,18 @@ class DataError(UsageError):
     """The MNIST files are missing, damaged, or could not be fetched from any source."""
 
 
+def first_line(err):
+    """An exception's message as one line (its first), or its type's name if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def describe(err):
+    """`Type: first line` of an exception (the type alone if it has no message)."""
+    text = first_line(err)
+    return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are a UsageError (one line, no usage block), not a printed usage."""
 
@@ -28,8 +40,7 @@ def run_cli(main, argv=None, prog=None):
     try:
         return main(argv)
     except UsageError as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"{name}: error: {message}", file=sys.stderr)
+        print(f"{name}: error: {first_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"\n{name}: interrupted", file=sys.stderr)

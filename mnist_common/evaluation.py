@@ -54,7 +54,8 @@ def evaluate_weights(framework, argv):
     args = build_parser(framework).parse_args(argv)
     if args.out:
         _check_out_path(args.out)
-    from mnist_common import data, loaders, reporting
+    from mnist_common import data, reporting
+    from mnist_common.loop import evaluate_split
     from mnist_common.weights import load_weights
 
     params = load_weights(args.weights)
@@ -62,8 +63,10 @@ def evaluate_weights(framework, argv):
     placement, state = load_state(backend, params, args.device, args.precision)
     root = data.prepare_data(args.data_dir, progress=args.progress)
     test_split = data.load_arrays(root, train=False)
-    batches = loaders.eval_batches(test_split, loader=args.loader, root=root)
-    evaluation = backend.evaluate(state, (backend.place_batch(placement, x, y) for x, y in batches))
+    # The same path as the training loop's evaluation: the split held on the device.
+    placed = backend.place_split(placement, *test_split) if args.loader == "memory" else None
+    evaluation = evaluate_split(backend, placement, state, test_split, loader=args.loader,
+                                root=root, placed=placed)
     metrics = {
         "framework": framework,
         "weights": str(args.weights),

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mnist_common.errors import first_line
+
 try:
     import fcntl
 except ImportError:  # not POSIX: concurrent users of one directory are then not detected
@@ -61,7 +63,7 @@ def as_os_error(err):
     text = str(err)
     if "No space left" in text or "os error 28" in text:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return OSError(errno.EIO, text.splitlines()[0] if text else type(err).__name__)
+    return OSError(errno.EIO, first_line(err))
 
 
 @contextlib.contextmanager
@@ -121,11 +123,16 @@ def exclusive_lock(lock_path, *, wait=False, on_wait=None):
         os.close(fd)
 
 
+def remove_path(entry):
+    """Delete a file, link or directory tree, best effort."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
 def remove_stale(directory, pattern):
     """Delete what killed writers left under `directory` (call it only while holding its lock)."""
     for entry in Path(directory).glob(pattern):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                entry.unlink()
+        remove_path(entry)

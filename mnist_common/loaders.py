@@ -49,6 +49,16 @@ def _dataloader_batches(root, train, index_lists):
     yield from loader
 
 
+def train_index_batches(num_examples, *, seed, epoch, batch_size, start_step=0):
+    """The index batches of one training epoch, from `start_step` on."""
+    return index_batches(epoch_permutation(seed, epoch, num_examples), batch_size, start_step)
+
+
+def eval_index_batches(num_examples, batch_size=EVAL_BATCH_SIZE):
+    """Every example once, in file order."""
+    return index_batches(np.arange(num_examples), batch_size)
+
+
 def batches_of(split, index_lists, *, train, loader="memory", root=None):
     """Yield (images, labels) torch tensors of `index_lists` from the chosen loader."""
     if loader == "dataloader":
@@ -58,20 +68,15 @@ def batches_of(split, index_lists, *, train, loader="memory", root=None):
 
 def train_batches(split, *, seed, epoch, batch_size, loader="memory", root=None, start_step=0):
     """Yield (images (B,1,28,28) float32, labels (B,) int64) torch tensors for one epoch."""
-    images, labels = split
-    index_lists = index_batches(epoch_permutation(seed, epoch, len(labels)), batch_size, start_step)
-    if loader == "dataloader":
-        return _dataloader_batches(root, True, index_lists)
-    return _memory_batches(images, labels, index_lists)
+    index_lists = train_index_batches(len(split[1]), seed=seed, epoch=epoch,
+                                      batch_size=batch_size, start_step=start_step)
+    return batches_of(split, index_lists, train=True, loader=loader, root=root)
 
 
 def eval_batches(split, *, loader="memory", root=None, batch_size=EVAL_BATCH_SIZE):
     """Yield every test image once, in file order, in the same format as `train_batches`."""
-    images, labels = split
-    index_lists = index_batches(np.arange(len(labels)), batch_size)
-    if loader == "dataloader":
-        return _dataloader_batches(root, False, index_lists)
-    return _memory_batches(images, labels, index_lists)
+    index_lists = eval_index_batches(len(split[1]), batch_size)
+    return batches_of(split, index_lists, train=False, loader=loader, root=root)
 
 
 def to_numpy_batch(images, labels):

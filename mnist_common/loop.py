@@ -72,6 +72,25 @@ def _load_data(config):
     return root, train_split, test_split
 
 
+def placed_batches(backend, placement, split, index_lists, *, train, loader, root,
+                   placed=None):
+    """The engine's batches of `index_lists`: cut on the device from `placed` (the split held
+    there by `place_split`), or from the host loader (`--loader dataloader`, data-parallel
+    groups)."""
+    if placed is not None:
+        return (backend.gather_batch(placed, i) for i in index_lists)
+    host = loaders.batches_of(split, index_lists, train=train, loader=loader, root=root)
+    return (backend.place_batch(placement, x, y) for x, y in host)
+
+
+def evaluate_split(backend, placement, state, split, *, loader, root, placed=None):
+    """Exact test metrics of `state` on every example of `split`, in file order."""
+    index_lists = loaders.eval_index_batches(len(split[1]))
+    return backend.evaluate(state, placed_batches(backend, placement, split, index_lists,
+                                                  train=False, loader=loader, root=root,
+                                                  placed=placed))
+
+
 def _chunks(batches, size):
     """Consecutive lists of up to `size` items."""
     chunk = []
@@ -165,22 +184,17 @@ class TrainingRun:
                              f"({err.strerror or err}); {self.kept()}") from None
         self.saved_step = self.progress["global_step"]
 
-    def batches(self, name, index_lists):
-        """Placed batches of `index_lists`: cut on the device from the split held there, or
-        from the host loader (`--loader dataloader`, data-parallel groups)."""
-        split = self.train_split if name == "train" else self.test_split
+    def placed_split(self, name):
+        """The split held on the device (placed once, memory loader only), or None."""
         if self.config.loader == "memory" and name not in self.placed:
+            split = self.train_split if name == "train" else self.test_split
             self.placed[name] = self.backend.place_split(self.placement, *split)
-        if self.placed.get(name) is not None:
-            return (self.backend.gather_batch(self.placed[name], i) for i in index_lists)
-        host = loaders.batches_of(split, index_lists, train=name == "train",
-                                  loader=self.config.loader, root=self.root)
-        return (self.backend.place_batch(self.placement, x, y) for x, y in host)
+        return self.placed.get(name)
 
     def evaluate_test(self):
-        index_lists = loaders.index_batches(np.arange(len(self.test_split[1])),
-                                            loaders.EVAL_BATCH_SIZE)
-        return self.backend.evaluate(self.state, self.batches("test", index_lists))
+        return evaluate_split(self.backend, self.placement, self.state, self.test_split,
+                              loader=self.config.loader, root=self.root,
+                              placed=self.placed_split("test"))
 
     def epoch_record(self, steps, partial=False):
         """The record of the epoch that ended after `steps` steps of it."""
@@ -240,14 +254,19 @@ class TrainingRun:
         """Train to the epoch's end (or the target, or a stop); True if asked to stop."""
         p, config = self.progress, self.config
         left = min(self.total_steps - p["global_step"], self.steps_per_epoch - p["step_in_epoch"])
-        order = loaders.epoch_permutation(config.seed, p["epoch"], self.num_train)
-        index_lists = loaders.index_batches(order, config.batch_size, p["step_in_epoch"])[:left]
+        index_lists = loaders.train_index_batches(
+            self.num_train, seed=config.seed, epoch=p["epoch"], batch_size=config.batch_size,
+            start_step=p["step_in_epoch"])[:left]
         start = time.perf_counter()
         stopping = False
         # A dispatch never mixes the partial last batch with full ones (one shape per scan).
         full = [i for i in index_lists if len(i) == config.batch_size]
         groups = [full, [i for i in index_lists if len(i) != config.batch_size]]
-        for chunk in (c for g in groups for c in _chunks(self.batches("train", g), self.dispatch)):
+        chunks = (chunk for g in groups for chunk in _chunks(placed_batches(
+            self.backend, self.placement, self.train_split, g, train=True,
+            loader=config.loader, root=self.root, placed=self.placed_split("train")),
+            self.dispatch))
+        for chunk in chunks:
             self.run_steps(chunk, bar)
             # One decision per dispatch, taken together: a signal that lands after it waits for
             # the next one, so every process of a data-parallel run stops at the same step.
@@ -296,8 +315,8 @@ class TrainingRun:
         images_seen = full_epochs * self.num_train + rest * self.config.batch_size
         metrics = reporting.build_metrics(
             self.config, self.framework, self.backend.versions(),
-            self.backend.describe_placement(self.placement), p, records, images_seen)
-        metrics["first_call_seconds"] = self.first_call_seconds  # None: nothing trained here
+            self.backend.describe_placement(self.placement), p, records, images_seen,
+            self.first_call_seconds)
         try:
             reporting.write_outputs(self.out_dir, params, metrics)
         except OSError as err:

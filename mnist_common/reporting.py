@@ -60,8 +60,12 @@ def summary_line(metrics):
             f"on {metrics['device']}")
 
 
-def build_metrics(config, framework, versions, device, progress, records, images_seen):
-    """metrics.json's content: what ran where, per-epoch records, final test figures."""
+def build_metrics(config, framework, versions, device, progress, records, images_seen,
+                  first_call_seconds):
+    """metrics.json's content: what ran where, per-epoch records, final test figures.
+
+    `first_call_seconds`: this process's first dispatch (compile and its steps); None when it
+    trained nothing."""
     final = records[-1]
     return {
         "framework": framework,
@@ -77,6 +81,7 @@ def build_metrics(config, framework, versions, device, progress, records, images
         "test_examples": final["test_examples"],
         "train_seconds": progress["train_seconds"],
         "train_images_per_second": images_seen / max(progress["train_seconds"], 1e-9),
+        "first_call_seconds": first_call_seconds,
         "step_losses": progress["step_losses"],
     }
 

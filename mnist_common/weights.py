@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from mnist_common.architecture import CANONICAL_SHAPES, NUM_PARAMETERS  # noqa: F401 (re-exported)
-from mnist_common.errors import UsageError
+from mnist_common.errors import UsageError, describe, first_line
 from mnist_common.fileio import atomic_path, say
 
 
@@ -50,20 +50,10 @@ def load_arrays_file(path):
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise UsageError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
     except TypeError as err:  # a dtype NumPy lacks, such as bfloat16
-        raise UsageError(f"{path}: holds a tensor type NumPy cannot read ({_first_line(err)}); "
+        raise UsageError(f"{path}: holds a tensor type NumPy cannot read ({first_line(err)}); "
                          f"expected float32") from None
-
-
-def _first_line(err):
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _describe(err):
-    text = _first_line(err)
-    return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
 
 
 def _refusal_reason(err):
@@ -92,7 +82,7 @@ def _load_pt(path):
         raise UsageError(f"{path}: refused: not a plain state_dict of tensors; loaded with "
                          f"weights_only=True, which blocks code ({_refusal_reason(err)})") from None
     except Exception as err:  # torch.load reports a damaged file with many exception types
-        raise UsageError(f"{path}: not a readable PyTorch .pt file ({_describe(err)})") from None
+        raise UsageError(f"{path}: not a readable PyTorch .pt file ({describe(err)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -102,7 +92,7 @@ def _load_pt(path):
         return {k: _tensor_to_numpy(v) for k, v in obj.items()}
     except (RuntimeError, TypeError) as err:  # e.g. complex or sparse tensors
         raise UsageError(f"{path}: cannot read its tensors as arrays "
-                         f"({_first_line(err)})") from None
+                         f"({first_line(err)})") from None
 
 
 def _tensor_to_numpy(tensor):

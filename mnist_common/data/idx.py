@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mnist_common.errors import DataError
+from mnist_common.errors import DataError, describe, first_line
 from mnist_common.fileio import sha256_file
 
 PROG = "python -m mnist_common.data"
@@ -51,9 +51,7 @@ MNIST_FILES = (
 
 def short_error(err):
     """An exception as one short line (a DataError's own message, else `Type: message`)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if not isinstance(err, DataError):
-        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    text = first_line(err) if isinstance(err, DataError) else describe(err)
     return text if len(text) <= 160 else text[:157] + "..."
 
 
