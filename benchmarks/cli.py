@@ -37,6 +37,7 @@ from benchmarks.plot import write_json, write_reports
 from benchmarks.session import SCHEMA, run_device
 from benchmarks.timing import status
 from benchmarks.variants import TUTORIAL, VARIANTS
+from mnist_common.allocator import keep_freed_memory
 from mnist_common.config import PRECISIONS, positive_int
 from mnist_common.errors import ArgumentParser, UsageError
 
@@ -122,8 +123,8 @@ def add_selection_flags(parser):
                              f"{','.join(map(str, INFERENCE_BATCH_SIZES))}; --quick: 1,256)")
     parser.add_argument("--variants", type=variant_list, default=None, metavar="V,V,...",
                         help=f"which variants (default: {','.join(VARIANTS)}; --quick: all but "
-                             "torch-compile); flax-xla-conv runs only when the engine's Flax "
-                             "model has a convolution of its own")
+                             "torch-compile); flax-xla-defaults runs only where the Flax engine "
+                             "differs from a plain jax.jit of the stock module (the CPU)")
 
 
 def add_timing_flags(parser):
@@ -261,6 +262,7 @@ def main(argv=None):
     if settings.render:
         return render(settings.render)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
     cache = fresh_compile_caches()
     latest = {}  # the last saved results, rendered if the run is interrupted
     try:

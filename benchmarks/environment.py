@@ -16,6 +16,8 @@ import jax
 import torch
 
 from flax_impl import backend as flax_backend
+from flax_impl import xla_cpu
+from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError
 from torch_impl import backend as torch_backend
 
@@ -131,7 +133,10 @@ def environment(device):
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "env": {k: os.environ.get(k) for k in (
             "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-            "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES")},
+            "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES", "GLIBC_TUNABLES")},
+        # Applied by the benchmark's main as by the training CLIs; idempotent, so asking again
+        # records whether it holds here.
+        "malloc_keeps_freed_memory": keep_freed_memory(),
         "load_average": load_average(),
         "flax_model": describe_flax_model(device.flax) if device.flax is not None else None,
     }
@@ -158,10 +163,11 @@ def describe_callable(function):
 
 
 def describe_flax_model(placement):
-    """Which convolution and pooling the engine's model uses on this placement."""
+    """Which pooling the engine's model uses on this placement, and its compiler options."""
     model = flax_backend.create_model(placement)
-    return {name: describe_callable(getattr(model, name))
-            for name in ("conv_general_dilated", "max_pool") if hasattr(model, name)}
+    return {"max_pool": describe_callable(model.max_pool),
+            "compiler_options": xla_cpu.COMPILER_OPTIONS if placement.device.platform == "cpu"
+            else {}}
 
 
 def memory(device):

@@ -57,7 +57,7 @@ part data 30 "$PY" -m mnist_common.data --data-dir "$MNIST_DATA_DIR" --no-progre
 #    accuracy and the end-to-end epoch (about 2 minutes). Windows of 0.2 s hold hundreds of steps.
 part gpu 180 "$PY" benchmarks/run.py --device gpu --precision highest --time-to-accuracy \
     --window-seconds 0.2 --no-cli \
-    --variants torch-eager,torch-channels-last,flax-jit,flax-xla-conv --out-dir "$OUT/results"
+    --variants torch-eager,torch-channels-last,flax-jit,flax-xla-defaults --out-dir "$OUT/results"
 
 # 2. The same at --precision tf32 (TF32 convolutions and matmuls in both frameworks), without
 #    the layers; with the CLIs as fresh processes, 10 epochs each at both precisions (--cli;
@@ -75,7 +75,7 @@ part gpu-compile 120 "$PY" benchmarks/run.py --device gpu --window-seconds 0.2 \
 # 4. The host CPU (16 cores), without torch.compile, the end-to-end epoch and the CLIs (the
 #    2-core reference run has them); the GPU is hidden from both frameworks.
 part cpu 90 env CUDA_VISIBLE_DEVICES= JAX_PLATFORMS=cpu "$PY" benchmarks/run.py --device cpu \
-    --variants torch-eager,torch-channels-last,flax-jit,flax-xla-conv --no-epoch --no-cli \
+    --variants torch-eager,torch-channels-last,flax-jit,flax-xla-defaults --no-epoch --no-cli \
     --window-seconds 0.25 --out-dir "$OUT/results"
 
 ls -l "$OUT/results"

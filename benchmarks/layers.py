@@ -1,5 +1,6 @@
 """Each conv and linear layer alone, forward and forward+backward: torch's layer of the engine's
-model vs a Flax layer with the engine's convolution vs stock `lax.conv_general_dilated`."""
+model vs a Flax layer jitted as the engine jits (`flax_impl.xla_cpu.jit` on the CPU) vs under a
+plain `jax.jit` (XLA's default compiler options)."""
 
 import dataclasses
 
@@ -7,9 +8,8 @@ import jax
 import torch
 from flax import linen
 
-from benchmarks.environment import describe_callable
 from benchmarks.timing import Candidate, status, time_interleaved, windows_load
-from flax_impl import backend as flax_backend
+from flax_impl import xla_cpu
 from mnist_common import architecture
 from torch_impl import backend as torch_backend
 
@@ -35,32 +35,30 @@ def torch_layer_candidates(row, device, batch_size, module):
             Candidate("torch", forward_backward, device.torch_sync))
 
 
-def _flax_layer(row, batch_size, conv_general_dilated):
+def _flax_layer(row, batch_size):
     """(module, input shape, output shape) of one layer, NHWC."""
     if row["kind"] == "conv":
         c_in, h, w = row["input_shape"]
         c_out, h_out, w_out = row["output_shape"]
         kernel = architecture.layer(row["layer"]).kernel
-        extra = {} if conv_general_dilated is None else {
-            "conv_general_dilated": conv_general_dilated}
-        module = linen.Conv(c_out, kernel_size=(kernel, kernel), padding="VALID", **extra)
+        module = linen.Conv(c_out, kernel_size=(kernel, kernel), padding="VALID")
         return module, (batch_size, h, w, c_in), (batch_size, h_out, w_out, c_out)
     module = linen.Dense(row["output_shape"][0])
     return module, (batch_size, *row["input_shape"]), (batch_size, *row["output_shape"])
 
 
-def flax_layer_candidates(row, device, batch_size, name, conv_general_dilated):
-    """Flax forward and forward+backward (vjp) of one layer (NHWC input), jitted."""
-    module, x_shape, y_shape = _flax_layer(row, batch_size, conv_general_dilated)
+def flax_layer_candidates(row, device, batch_size, name, jit):
+    """Flax forward and forward+backward (vjp) of one layer (NHWC input), jitted by `jit`."""
+    module, x_shape, y_shape = _flax_layer(row, batch_size)
     key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.device_put(jax.random.uniform(key_x, x_shape), device.flax.device)
     grad = jax.device_put(jax.random.uniform(key_g, y_shape), device.flax.device)
     params = jax.device_put(module.init(key_p, x[:1]), device.flax.device)
     needs_input_grad = row["layer"] != "layer.0"
 
-    forward = jax.jit(module.apply)
+    forward = jit(module.apply)
 
-    @jax.jit
+    @jit
     def forward_backward(params, x, grad):
         if needs_input_grad:
             y, vjp = jax.vjp(module.apply, params, x)
@@ -72,22 +70,27 @@ def flax_layer_candidates(row, device, batch_size, name, conv_general_dilated):
             Candidate(name, lambda: forward_backward(params, x, grad), device.jax_sync))
 
 
-def layer_candidates(row, device, batch_size, torch_modules, custom):
+def engine_jit(device):
+    """How the Flax engine jits on this device: with `xla_cpu`'s options on the CPU."""
+    return xla_cpu.jit if device.kind == "cpu" else jax.jit
+
+
+def layer_candidates(row, device, batch_size, torch_modules):
     """Forward candidates then forward+backward candidates of one layer, named impl/pass."""
     pairs = []
     if device.torch is not None:
         pairs.append(torch_layer_candidates(row, device, batch_size, torch_modules[row["layer"]]))
     if device.flax is not None:
-        impls = {"flax": custom}
-        if row["kind"] == "conv" and custom is not None:
-            impls["lax"] = None  # stock lax.conv_general_dilated beside the engine's
-        pairs += [flax_layer_candidates(row, device, batch_size, name, impl)
-                  for name, impl in impls.items()]
+        impls = {"flax": engine_jit(device)}
+        if row["kind"] == "conv" and impls["flax"] is not jax.jit:
+            impls["xla-default"] = jax.jit  # XLA's default options beside the engine's
+        pairs += [flax_layer_candidates(row, device, batch_size, name, jit)
+                  for name, jit in impls.items()]
     return ([dataclasses.replace(f, name=f"{f.name}/forward") for f, _ in pairs]
             + [dataclasses.replace(b, name=f"{b.name}/forward_backward") for _, b in pairs])
 
 
-def layer_entry(row, timed, custom):
+def layer_entry(row, timed, device):
     """One row of the results: ms per pass and implementation, first calls, others' load."""
     entry = {**row, "forward_ms": {}, "forward_backward_ms": {}, "first_call_seconds": {},
              "other_load": max(windows_load(timed.values()), default=None)}
@@ -99,21 +102,20 @@ def layer_entry(row, timed, custom):
         per_call = result["seconds_per_call"]
         entry[f"{pass_}_ms"][impl] = {k: 1e3 * per_call[k] for k in ("median", "min", "max")}
         entry["first_call_seconds"][f"{impl}/{pass_}"] = result["first_call_seconds"]
-    entry["flax_convolution"] = (describe_callable(custom) if row["kind"] == "conv"
-                                 else "linen.Dense")
+    entry["flax_compiler_options"] = (xla_cpu.COMPILER_OPTIONS
+                                      if engine_jit(device) is not jax.jit else {})
     return entry
 
 
 def measure_layers(device, settings, flops):
-    """Each conv/linear layer alone at one batch size: torch vs Flax's conv vs stock lax."""
+    """Each conv/linear layer alone at one batch size: torch vs Flax as the engine jits it vs
+    Flax under a plain jax.jit."""
     batch_size = settings.layer_batch_size
     torch_modules = ({} if device.torch is None else
                      dict(torch_backend.create_model(device.torch).named_modules()))
-    custom = (flax_backend.create_model(device.flax).conv_general_dilated
-              if device.flax is not None else None)
     rows = []
     for row in flops["layers"]:
         status(f"[{device.kind}] layer {row['layer']} ({row['kind']}), batch {batch_size}")
-        candidates = layer_candidates(row, device, batch_size, torch_modules, custom)
-        rows.append(layer_entry(row, time_interleaved(candidates, settings), custom))
+        candidates = layer_candidates(row, device, batch_size, torch_modules)
+        rows.append(layer_entry(row, time_interleaved(candidates, settings), device))
     return {"batch_size": batch_size, "note": NOTE, "rows": rows}

@@ -227,8 +227,9 @@ def layers_table(layers):
         cells.append(fmt_share(row.get("other_load")))
         rows.append(cells)
     return [f"## Layers alone, batch {layers['batch_size']}, ms (median, min–max)", "",
-            "flax = the Flax model's own convolution; lax = stock `lax.conv_general_dilated` "
-            f"(listed only when they differ). {layers['note']}.", "", table(header, rows), ""]
+            "flax = jitted as the Flax engine jits (`flax_impl.xla_cpu.jit` on the CPU); "
+            "xla-default = a plain `jax.jit` (listed only where the two differ). "
+            f"{layers['note']}.", "", table(header, rows), ""]
 
 
 def time_to_accuracy_lines(tta):

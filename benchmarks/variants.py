@@ -5,6 +5,7 @@ format, a compiled model, the Flax module); nothing here re-implements a step.""
 
 import dataclasses
 
+import jax
 import numpy as np
 import torch
 
@@ -21,8 +22,9 @@ VARIANTS = {
     "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
     "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
                 "model flax_impl.backend.create_model(placement) ships for this device",
-    "flax-xla-conv": "the same with flax_impl.model.CNN() at its defaults: stock "
-                     "lax.conv_general_dilated (and pooling); run only when that differs",
+    "flax-xla-defaults": "the same step under a plain jax.jit (XLA's default compiler options) "
+                         "with flax_impl.model.CNN() at its defaults (Flax's max-pool): what "
+                         "the engine changes on the CPU; run only where it changes something",
 }
 BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
 DEFAULT_VARIANT = {"torch": "torch-eager", "flax": "flax-jit"}  # what the training CLIs run
@@ -40,6 +42,8 @@ class Variant:
     placement: object  # the engine's Placement (one device)
     sync: object  # waits for a result of this framework on this device
     adapt: object = None  # placed batch -> the batch this variant feeds (None: unchanged)
+    train_step: object = None  # (state, batch) -> (state, metrics); None: the engine's
+    logits: object = None  # (state, batch) -> NumPy logits; None: the engine's
 
     @property
     def backend(self):
@@ -54,9 +58,10 @@ def synthetic_batch(batch_size, seed=0):
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def flax_uses_custom_conv(placement):
-    """True when the engine's model does not use stock lax.conv_general_dilated here."""
-    return flax_backend.create_model(placement).conv_general_dilated is not None
+def flax_engine_differs(placement):
+    """True where the engine compiles or builds its model otherwise than a plain jax.jit of
+    the stock module would (the CPU: `flax_impl.xla_cpu`)."""
+    return placement.device.platform == "cpu" or flax_backend.create_model(placement) != FlaxCNN()
 
 
 def _channels_last(batch):
@@ -78,12 +83,19 @@ def torch_variant(name, device, config=TUTORIAL):
 
 
 def flax_variant(name, device, config=TUTORIAL):
-    """The engine's Flax state, or the same params with the stock module's apply."""
+    """The engine's Flax state and step, or the same step and params under a plain jax.jit
+    with the stock module."""
     state = flax_backend.create_train_state(config, device.flax)
-    if name == "flax-xla-conv":
-        # Same params, same optax transform; only the module (its convolution) differs.
-        state = state.replace(apply_fn=FlaxCNN().apply)
-    return Variant(name, "flax", state, device.flax, device.jax_sync)
+    if name != "flax-xla-defaults":
+        return Variant(name, "flax", state, device.flax, device.jax_sync)
+    # Same params, same optax transform, the same step function; only the module and the
+    # compiler options differ.
+    stock = FlaxCNN()
+    state = state.replace(apply_fn=stock.apply)
+    forward = jax.jit(stock.apply)
+    return Variant(name, "flax", state, device.flax, device.jax_sync,
+                   train_step=jax.jit(flax_backend.train_step.__wrapped__),
+                   logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
 
 
 def build_variants(device, names):
@@ -95,8 +107,8 @@ def build_variants(device, names):
             skipped[name] = "PyTorch does not see this device"
         elif framework == "flax" and device.flax is None:
             skipped[name] = "JAX does not see this device"
-        elif name == "flax-xla-conv" and not flax_uses_custom_conv(device.flax):
-            skipped[name] = "the engine's Flax model already uses lax.conv_general_dilated"
+        elif name == "flax-xla-defaults" and not flax_engine_differs(device.flax):
+            skipped[name] = "the engine already runs a plain jax.jit of the stock module here"
         else:
             build = torch_variant if framework == "torch" else flax_variant
             built[name] = build(name, device)
@@ -112,9 +124,10 @@ def placed_batch(variant, batch_size):
 def train_candidate(variant, batch_size):
     """One engine train step per call, the loss read back to the host as the loop does."""
     batch = placed_batch(variant, batch_size)
+    step = variant.train_step or variant.backend.train_step
 
     def call():
-        variant.state, metrics = variant.backend.train_step(variant.state, batch)
+        variant.state, metrics = step(variant.state, batch)
         return float(metrics["loss"])
 
     return Candidate(variant.name, call, variant.sync)
@@ -123,5 +136,5 @@ def train_candidate(variant, batch_size):
 def inference_candidate(variant, batch_size):
     """The engine's logits (N, 10) of one batch per call, back on the host."""
     batch = placed_batch(variant, batch_size)
-    return Candidate(variant.name, lambda: variant.backend.logits(variant.state, batch),
-                     variant.sync)
+    logits = variant.logits or variant.backend.logits
+    return Candidate(variant.name, lambda: logits(variant.state, batch), variant.sync)

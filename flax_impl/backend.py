@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from flax_impl import convert, cpu_conv, distributed
+from flax_impl import convert, distributed, xla_cpu
 from flax_impl.model import CNN
 from mnist_common.errors import UsageError
 from mnist_common.loaders import to_numpy_batch
@@ -101,19 +101,15 @@ def release_placement(placement):
 
 
 def create_model(placement):
-    """The CNN; on the CPU with `cpu_conv`'s convolution and pool (same numbers, faster).
-
-    XLA:CPU's own convolution and max-pool gradient are slow for this model's small channel
-    counts (see `flax_impl/cpu_conv.py`); other platforms get the stock module.
-    """
+    """The CNN; on the CPU with `xla_cpu.max_pool` (the same numbers; its gradient is faster
+    there than XLA's `select_and_scatter`); other platforms get the stock module."""
     if placement.device.platform == "cpu":
-        return CNN(conv_general_dilated=cpu_conv.conv_general_dilated, max_pool=cpu_conv.max_pool)
+        return CNN(max_pool=xla_cpu.max_pool)
     return CNN()
 
 
-# Forward-only graphs (evaluation, logits) use the stock module on every platform: the CPU ops
-# of `create_model` pay off in the gradient; XLA:CPU's own forward is faster (whole model,
-# batch 1000: 90 ms vs 179 ms with `cpu_conv`) and equals it to <= 5e-7 relative.
+# Forward-only graphs (evaluation, logits) use the stock module on every platform: the CPU pool
+# of `create_model` pays off in the gradient, and its forward is bit-identical to the stock one.
 INFERENCE_MODEL = CNN()
 
 
@@ -157,7 +153,7 @@ def place_split(placement, images, labels):
 _PIXELS = np.arange(256, dtype=np.float32) / np.float32(255)
 
 
-@jax.jit
+@xla_cpu.jit
 def _gather(images, labels, index):
     x = jnp.asarray(_PIXELS)[images[index]][..., None]  # (B, 28, 28, 1)
     return x, labels[index]
@@ -175,8 +171,7 @@ def steps_per_dispatch(placement):
     return 1 if placement.device.platform == "cpu" else None
 
 
-@jax.jit
-def train_step(state, batch):
+def _train_step(state, batch):
     """One Adam step on one batch, gradient and update in one jit region.
 
     `batch` is (images, labels), or (images, labels, mask) for a batch padded to a multiple of
@@ -193,15 +188,20 @@ def train_step(state, batch):
     return state, {"loss": loss}
 
 
+# Jitted at the top level only: `xla_cpu.jit`'s compiler options cannot sit on a nested jit, so
+# the scan below calls `_train_step` itself.
+train_step = xla_cpu.jit(_train_step)
+
+
 def _scan_steps(state, images, labels):
     """Steps over stacked batches (K, B, ...) as one `lax.scan`: one dispatch, one program."""
     def body(carry, batch):
-        carry, metrics = train_step(carry, batch)
+        carry, metrics = _train_step(carry, batch)
         return carry, metrics["loss"]
     return jax.lax.scan(body, state, (images, labels))
 
 
-_scan_jit = jax.jit(_scan_steps, donate_argnums=0)  # the state is updated in place
+_scan_jit = xla_cpu.jit(_scan_steps, donate_argnums=0)  # the state is updated in place
 
 
 def _scans(state, batches):
@@ -234,7 +234,7 @@ def train_steps(state, batches):
     return state, np.asarray([distributed.fetch(loss) for loss in losses])
 
 
-@jax.jit
+@xla_cpu.jit
 def _eval_step(params, batch):
     """Summed loss, correct count and example count of one batch (padding excluded)."""
     images, labels, *mask = batch
@@ -258,7 +258,7 @@ def evaluate(state, batches):
             "correct": correct, "examples": examples}
 
 
-@jax.jit
+@xla_cpu.jit
 def _logits(params, images):
     return INFERENCE_MODEL.apply({"params": params}, images)
 

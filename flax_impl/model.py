@@ -21,12 +21,11 @@ def torch_default_bias_init(fan_in):
     return init
 
 
-def conv(features, in_features, name, conv_general_dilated=None):
+def conv(features, in_features, name):
     """A 5x5 valid convolution initialised like torch's nn.Conv2d."""
-    extra = {} if conv_general_dilated is None else {"conv_general_dilated": conv_general_dilated}
     return nn.Conv(features, kernel_size=(5, 5), padding="VALID", name=name,
                    kernel_init=torch_default_kernel_init,
-                   bias_init=torch_default_bias_init(in_features * 5 * 5), **extra)
+                   bias_init=torch_default_bias_init(in_features * 5 * 5))
 
 
 def dense(features, in_features, name):
@@ -43,19 +42,17 @@ class CNN(nn.Module):
     tutorial's convolutions are valid.
     """
 
-    conv_general_dilated: object = None  # None: lax.conv_general_dilated
     max_pool: object = None  # None: nn.max_pool
 
     @nn.compact
     def __call__(self, x):
-        cgd = self.conv_general_dilated
         pool = self.max_pool or nn.max_pool
-        x = conv(16, 1, "layer_0", cgd)(x)  # (N, 24, 24, 16)
+        x = conv(16, 1, "layer_0")(x)  # (N, 24, 24, 16)
         x = nn.relu(x)
-        x = conv(32, 16, "layer_2", cgd)(x)  # (N, 20, 20, 32)
+        x = conv(32, 16, "layer_2")(x)  # (N, 20, 20, 32)
         x = nn.relu(x)
         x = pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 10, 10, 32)
-        x = conv(64, 32, "layer_5", cgd)(x)  # (N, 6, 6, 64)
+        x = conv(64, 32, "layer_5")(x)  # (N, 6, 6, 64)
         x = nn.relu(x)
         x = pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 3, 3, 64)
         x = x.reshape((x.shape[0], -1))  # (N, 576), ordered (H, W, C); convert.py permutes

@@ -112,8 +112,8 @@ def test_one_adam_step_matches(canonical_weights):
 
 
 # A 2x2 max-pool sends its gradient to the window's largest entry. Where the two largest are within
-# float32 rounding of each other, the two engines' forwards (each convolution <= 5e-7 relative
-# apart, tests/test_cpu_conv.py) may order them differently and route the gradient elsewhere:
+# float32 rounding of each other, the two engines' forwards (oneDNN's and XLA's convolutions sum
+# in different orders) may order them differently and route the gradient elsewhere:
 # a conv weight then moves ~6e-6 differently, which tests rounding, not the model. A positive
 # window maximum whose runner-up is within NEAR_TIE of it (relative to the pool input's largest
 # entry, ~8 ulps of it) makes a batch unfit for the one-step check; zero maxima do not count

@@ -167,10 +167,10 @@ def test_quick_run_memory_and_skips(quick):
     assert "--cli" in results["cli"]["skipped"]  # a CPU runs the CLIs only when asked
 
 
-def test_flax_xla_conv_runs_only_when_it_differs(quick):
+def test_flax_xla_defaults_runs_where_the_engine_differs(quick):
     device = _import("environment").find_devices("cpu", "highest")[0]
-    custom = _import("variants").flax_uses_custom_conv(device.flax)
-    assert (quick[0]["variants"]["flax-xla-conv"]["status"] == "ok") == custom
+    assert _import("variants").flax_engine_differs(device.flax)  # the CPU: xla_cpu applies
+    assert quick[0]["variants"]["flax-xla-defaults"]["status"] == "ok"
 
 
 def test_render_rewrites_reports_even_for_an_interrupted_run(quick, tmp_path, capsys):

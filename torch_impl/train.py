@@ -4,6 +4,7 @@ A thin entry point: it parses the flags (before importing the framework, so `--h
 flag answer at once) and hands the engine, `torch_impl/backend.py`, to the shared loop.
 """
 
+from mnist_common.allocator import keep_freed_memory
 from mnist_common.config import parse_config, program
 from mnist_common.errors import run_cli
 
@@ -19,7 +20,9 @@ def train_and_evaluate(config):
 
 
 def main(argv=None):
-    train_and_evaluate(parse_config("torch", DESCRIPTION, argv))
+    config = parse_config("torch", DESCRIPTION, argv)
+    keep_freed_memory()  # process-wide, results unchanged: mnist_common/allocator.py
+    train_and_evaluate(config)
 
 
 if __name__ == "__main__":
