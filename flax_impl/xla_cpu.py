@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+# No YNNPACK fusions at all in graphs with a gradient: XLA runs its own (Eigen) convolutions.
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def jit(fn=None, **kwargs):
-    """`jax.jit` with `COMPILER_OPTIONS`; usable as `@jit` or `jit(fn, donate_argnums=0)`."""
+    """`jax.jit` with `COMPILER_OPTIONS`, for graphs with a gradient; usable as `@jit` or
+    `jit(fn, donate_argnums=0)`."""
     if fn is None:
         return functools.partial(jit, **kwargs)
     return jax.jit(fn, compiler_options=COMPILER_OPTIONS, **kwargs)
