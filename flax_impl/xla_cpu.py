@@ -1,17 +1,23 @@
-"""What makes XLA:CPU fast for this model: a compiler option for every jitted function, and a pool.
+"""What makes XLA:CPU fast for this model: a compiler option for the train step, and a pool.
 
-`COMPILER_OPTIONS` (through `jit`, which every jitted function of `flax_impl.backend` uses) turns
-off XLA:CPU's YNNPACK convolutions, so that XLA runs its Eigen convolutions instead. Measured on
-the 2-core CPU at batch 256 (median ms; `tests/test_xla_cpu.py` checks the option is in effect):
+`COMPILER_OPTIONS` (through `jit`, which `flax_impl.backend` uses for its train step and scan)
+turns off XLA:CPU's YNNPACK fusions, so that XLA runs its own (Eigen) convolutions. YNNPACK
+computes a lone convolution and the convolutions of a gradient several times slower for this
+model's layers. Each layer alone, forward + backward at batch 256, median ms (2-core Intel Xeon,
+`python benchmarks/run.py --device cpu`, its layer table):
 
-    layer                      YNNPACK (XLA's default)        Eigen (this option)
-                               forward  input  weight grad    forward  input  weight grad
-    28x28x1 -> 16                  5.4      -          4.3        3.7      -          1.2
-    24x24x16 -> 20x20x32         105.2   22.4        199.5       10.6   21.0         25.6
-    10x10x32 -> 6x6x64            12.3   10.4         19.8        3.3   10.3          6.2
+    layer              torch (oneDNN)   XLA, this option (Eigen)   XLA's defaults (YNNPACK)
+    28x28x1 -> 16           2.3                7.5                       13.4
+    24x24x16 -> 32         32.4               56.7                      327
+    10x10x32 -> 64         12.7               20.6                       39.5
 
-The option names a CPU compiler setting; other backends ignore it. It changes the order of
-float32 sums inside the convolutions, not what is computed.
+A forward-only graph is another matter: there XLA's defaults hand the whole CNN to YNNPACK, which
+is 1.2-1.8x faster than XLA's convolutions (batch 1 to 10,000), so evaluation and logits are
+jitted plainly. The option is a CPU setting that other backends ignore; it changes the order of
+float32 sums inside the convolutions, not what is computed. Not taken: YNNPACK for elementwise
+fusions only (`LIBRARY_FUSION_TYPE_ELTWISE`) made the step ~9 % faster, but a 2-device mesh then
+drifted from one device by 5.4e-5 in the loss within 20 steps (`tests/test_data_parallel.py`
+allows 1e-5; XLA's own elementwise code stays within it).
 
 `max_pool`: `create_model` gives the CNN this 2x2 max-pool on the CPU (a GPU gets Flax's).
 XLA:CPU expands the gradient of `reduce_window` max (`select_and_scatter`) into a variadic
