@@ -171,7 +171,8 @@ def steps_per_dispatch(placement):
     return 1 if placement.device.platform == "cpu" else None
 
 
-def _train_step(state, batch):
+@xla_cpu.jit
+def train_step(state, batch):
     """One Adam step on one batch, gradient and update in one jit region.
 
     `batch` is (images, labels), or (images, labels, mask) for a batch padded to a multiple of
@@ -188,15 +189,11 @@ def _train_step(state, batch):
     return state, {"loss": loss}
 
 
-# Jitted at the top level only: `xla_cpu.jit`'s compiler options cannot sit on a nested jit, so
-# the scan below calls `_train_step` itself.
-train_step = xla_cpu.jit(_train_step)
-
-
 def _scan_steps(state, images, labels):
     """Steps over stacked batches (K, B, ...) as one `lax.scan`: one dispatch, one program."""
     def body(carry, batch):
-        carry, metrics = _train_step(carry, batch)
+        # The unjitted step: `xla_cpu.jit`'s compiler options cannot sit on a nested jit.
+        carry, metrics = train_step.__wrapped__(carry, batch)
         return carry, metrics["loss"]
     return jax.lax.scan(body, state, (images, labels))
 
