@@ -9,6 +9,7 @@ import torch
 from flax import linen
 
 from benchmarks.timing import Candidate, status, time_interleaved, windows_load
+from benchmarks.variants import flax_engine_differs
 from flax_impl import xla_cpu
 from mnist_common import architecture
 from torch_impl import backend as torch_backend
@@ -70,19 +71,14 @@ def flax_layer_candidates(row, device, batch_size, name, jit):
             Candidate(name, lambda: forward_backward(params, x, grad), device.jax_sync))
 
 
-def engine_jit(device):
-    """How the Flax engine jits on this device: with `xla_cpu`'s options on the CPU."""
-    return xla_cpu.jit if device.kind == "cpu" else jax.jit
-
-
 def layer_candidates(row, device, batch_size, torch_modules):
     """Forward candidates then forward+backward candidates of one layer, named impl/pass."""
     pairs = []
     if device.torch is not None:
         pairs.append(torch_layer_candidates(row, device, batch_size, torch_modules[row["layer"]]))
     if device.flax is not None:
-        impls = {"flax": engine_jit(device)}
-        if row["kind"] == "conv" and impls["flax"] is not jax.jit:
+        impls = {"flax": xla_cpu.jit}  # as the engine jits its train step
+        if row["kind"] == "conv" and flax_engine_differs(device.flax):
             impls["xla-default"] = jax.jit  # XLA's default options beside the engine's
         pairs += [flax_layer_candidates(row, device, batch_size, name, jit)
                   for name, jit in impls.items()]
@@ -90,7 +86,7 @@ def layer_candidates(row, device, batch_size, torch_modules):
             + [dataclasses.replace(b, name=f"{b.name}/forward_backward") for _, b in pairs])
 
 
-def layer_entry(row, timed, device):
+def layer_entry(row, timed):
     """One row of the results: ms per pass and implementation, first calls, others' load."""
     entry = {**row, "forward_ms": {}, "forward_backward_ms": {}, "first_call_seconds": {},
              "other_load": max(windows_load(timed.values()), default=None)}
@@ -102,8 +98,6 @@ def layer_entry(row, timed, device):
         per_call = result["seconds_per_call"]
         entry[f"{pass_}_ms"][impl] = {k: 1e3 * per_call[k] for k in ("median", "min", "max")}
         entry["first_call_seconds"][f"{impl}/{pass_}"] = result["first_call_seconds"]
-    entry["flax_compiler_options"] = (xla_cpu.COMPILER_OPTIONS
-                                      if engine_jit(device) is not jax.jit else {})
     return entry
 
 
@@ -117,5 +111,5 @@ def measure_layers(device, settings, flops):
     for row in flops["layers"]:
         status(f"[{device.kind}] layer {row['layer']} ({row['kind']}), batch {batch_size}")
         candidates = layer_candidates(row, device, batch_size, torch_modules)
-        rows.append(layer_entry(row, time_interleaved(candidates, settings), device))
+        rows.append(layer_entry(row, time_interleaved(candidates, settings)))
     return {"batch_size": batch_size, "note": NOTE, "rows": rows}

@@ -120,28 +120,28 @@ TORCH_VARIATIONS = {
 }
 
 
-def torch_run(weights, batches, step=torch_step):
-    """Torch trained by `step` (the shipped train step unless a variation is given)."""
-    state, losses, early = torch_state(weights), [], None
+def _run(state, batches, step, backend):
+    """`step` over `batches` from `state`: the losses, the weights after EARLY_STEPS, the end."""
+    losses, early = [], None
     for batch in batches:
         state, loss = step(state, batch)
         losses.append(loss)
         if len(losses) == EARLY_STEPS:
-            early = torch_backend.state_to_arrays(state)[0]
-    return Run(np.array(losses), early, torch_backend.state_to_arrays(state)[0])
+            early = backend.state_to_arrays(state)[0]
+    return Run(np.array(losses), early, backend.state_to_arrays(state)[0])
+
+
+def torch_run(weights, batches, step=torch_step):
+    """Torch trained by `step` (the shipped train step unless a variation is given)."""
+    return _run(torch_state(weights), batches, step, torch_backend)
 
 
 def flax_run(weights, batches, tx=None):
     """Flax trained by its shipped train step; `tx` replaces the shipped Adam (planted bugs)."""
-    state, losses, early = flax_state(weights), [], None
+    state = flax_state(weights)
     if tx is not None:
         state = state.replace(tx=tx, opt_state=tx.init(state.params))
-    for batch in batches:
-        state, loss = flax_step(state, batch)
-        losses.append(loss)
-        if len(losses) == EARLY_STEPS:
-            early = flax_backend.state_to_arrays(state)[0]
-    return Run(np.array(losses), early, flax_backend.state_to_arrays(state)[0])
+    return _run(state, batches, flax_step, flax_backend)
 
 
 # --- statistics ---

@@ -34,6 +34,22 @@ def cli_env(**extra):
     return env
 
 
+def nan_loss_at_step(monkeypatch, backend, step):
+    """Patch `backend.train_step` (torch) to report a NaN loss at its `step`-th call (1-based);
+    the weights still take the real step. Returns the real train_step."""
+    import torch  # here: most users of this module never load torch
+
+    real_step, calls = backend.train_step, [0]
+
+    def train_step(state, batch):
+        calls[0] += 1
+        state, metrics = real_step(state, batch)
+        return state, {"loss": torch.tensor(float("nan"))} if calls[0] == step else metrics
+
+    monkeypatch.setattr(backend, "train_step", train_step)
+    return real_step
+
+
 def start_cli(module, *args, env=None, **popen_kwargs):
     """Start `python -m module ARGS` in the repository root (output captured as text)."""
     return subprocess.Popen(

@@ -8,8 +8,7 @@ but the number of host synchronisations: on one CPU the runs are bit-identical.
 import json
 
 import pytest
-import torch
-from cli_helpers import assert_same_run, run_in_process
+from cli_helpers import assert_same_run, nan_loss_at_step, run_in_process
 
 from mnist_common.checkpoints import load_checkpoint
 from mnist_common.config import Config
@@ -64,14 +63,7 @@ def test_resume_across_a_dispatch_boundary_is_exact(one_step_reference, small_mn
 def test_nan_inside_a_dispatch_is_reported_at_its_step(small_mnist, tmp_path, monkeypatch):
     from torch_impl import backend
 
-    real_step, calls = backend.train_step, [0]
-
-    def nan_at_step_9(state, batch):
-        calls[0] += 1
-        state, metrics = real_step(state, batch)
-        return state, {"loss": torch.tensor(float("nan"))} if calls[0] == 9 else metrics
-
-    monkeypatch.setattr(backend, "train_step", nan_at_step_9)
+    nan_loss_at_step(monkeypatch, backend, 9)
     with pytest.raises(UsageError) as err:
         train("torch", tmp_path, epochs=3, steps_per_dispatch=4)  # steps 8-10 are one dispatch
     assert "training loss became nan at step 9 (epoch 2)" in str(err.value)

@@ -9,8 +9,7 @@ import signal
 
 import numpy as np
 import pytest
-import torch
-from cli_helpers import assert_same_run, read_run, use_small_mnist
+from cli_helpers import assert_same_run, nan_loss_at_step, read_run, use_small_mnist
 
 from mnist_common.checkpoints import load_checkpoint
 from mnist_common.config import Config
@@ -121,14 +120,7 @@ def test_sigint_between_steps_then_resume(small_mnist, torch_reference, tmp_path
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_mnist, torch_reference,
                                                            tmp_path, monkeypatch):
-    real_step, calls = torch_backend.train_step, [0]
-
-    def nan_at_step_10(state, batch):
-        calls[0] += 1
-        state, metrics = real_step(state, batch)
-        return state, {"loss": torch.tensor(float("nan"))} if calls[0] == 10 else metrics
-
-    monkeypatch.setattr(torch_backend, "train_step", nan_at_step_10)
+    real_step = nan_loss_at_step(monkeypatch, torch_backend, 10)
     out_dir = tmp_path / "run"
     with pytest.raises(UsageError) as err:
         train("torch", out_dir, epochs=3)

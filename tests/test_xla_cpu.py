@@ -61,8 +61,8 @@ def test_the_option_keeps_convolutions_out_of_ynnpack():
 def test_jit_keeps_jax_jit_arguments():
     donated = xla_cpu.jit(lambda a: a * 2, donate_argnums=0)
     assert float(donated(jnp.ones(()))) == 2.0
-    decorated = xla_cpu.jit(static_argnums=1)(lambda a, k: a * k)
-    assert float(decorated(jnp.ones(()), 3)) == 3.0
+    static = xla_cpu.jit(lambda a, k: a * k, static_argnums=1)
+    assert float(static(jnp.ones(()), 3)) == 3.0
 
 
 def pool_inputs(shape, seed=0):
