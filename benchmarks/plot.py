@@ -27,10 +27,9 @@ def _bars(ax, results, key, names, width):
 
 def plot(results, path):
     """Bar charts of training and inference images/s per batch size."""
-    import matplotlib
+    from mnist_common.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
     sections = [(key, title) for key, title in (("train", "training step"),

@@ -37,10 +37,9 @@ def format_table(runs):
 
 def plot_runs(runs, path):
     """Training loss per step (left) and test accuracy per epoch (right), every run overlaid."""
-    import matplotlib
+    from mnist_common.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     from mnist_common.fileio import atomic_path

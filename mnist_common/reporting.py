@@ -27,10 +27,9 @@ def write_metrics(path, metrics):
 
 def plot_losses(path, metrics):
     """Training loss per step and test loss per epoch, one PNG."""
-    import matplotlib
+    from mnist_common.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     step_losses = np.asarray(metrics["step_losses"], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
