@@ -6,6 +6,7 @@ functions; `torch_impl/backend.py` defines the same names with the same paramete
 `TrainState` (params, Optax Adam state, step), updated by pure jitted functions.
 """
 
+import os
 import platform
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from flax.training import train_state
 
 from flax_impl import convert, distributed, xla_cpu
 from flax_impl.model import CNN
-from mnist_common.errors import UsageError
+from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import to_numpy_batch
 
 FRAMEWORK = "flax"
@@ -39,6 +40,13 @@ def versions():
 
 def _select_device(name):
     """`auto` -> the first GPU when present, else CPU; an absent device asked for is an error."""
+    try:  # JAX_PLATFORMS naming a platform that is not there fails JAX's first device query
+        jax.devices()
+    except (RuntimeError, AssertionError) as err:
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        reason = first_line(err) if isinstance(err, RuntimeError) else "it is not available"
+        raise UsageError(f"JAX_PLATFORMS={platforms}: JAX cannot start it ({reason}); unset "
+                         f"JAX_PLATFORMS or name a platform this machine has") from None
     if name == "auto":
         return jax.devices()[0]
     if name in ("cuda", "gpu"):

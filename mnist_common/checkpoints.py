@@ -28,6 +28,10 @@ LATEST = "latest"  # a one-line file naming the newest complete checkpoint direc
 CHECKPOINT_FORMAT = 1
 ARRAY_FILES = ("model.safetensors", "optimizer.safetensors")  # each must be named and hashed
 _CHECKPOINT_NAME = re.compile(r"step-\d{7,}(-\d+)?")
+_TEMP_NAME = re.compile(r"\.step-\d{7,}(-\d+)?\.tmp-\d+")
+# What a checkpoint dir of ours holds: its files, and in a killed writer's, their temp files.
+_CHECKPOINT_FILE = re.compile(r"\.?(model\.safetensors|optimizer\.safetensors|progress\.json)"
+                              r"(\.[^/]*\.tmp)?")
 # Changing these changes the trajectory, so a resumed run must keep them.
 RESUME_MUST_MATCH = ("batch_size", "lr", "seed")
 
@@ -65,7 +69,8 @@ def save_checkpoint(out_dir, params, optimizer, progress):
     live = _live_name(root)
     name = base = f"step-{progress['global_step']:07d}"
     suffix = 0
-    while name == live:  # never touch the directory `latest` names until it is superseded
+    # Never touch the directory `latest` names until it is superseded, nor one not ours.
+    while name == live or ((root / name).exists() and not _written_here(root / name)):
         suffix += 1
         name = f"{base}-{suffix}"
     tmp = root / f".{name}.tmp-{os.getpid()}"
@@ -89,9 +94,32 @@ def save_checkpoint(out_dir, params, optimizer, progress):
     write_text_atomic(root / LATEST, name + "\n")  # the commit point
     fsync_dir(root)
     for entry in root.iterdir():  # the superseded checkpoint and litter of killed writers
-        if entry.name not in (name, LATEST):
+        if entry.name not in (name, LATEST) and _written_here(entry):
             remove_path(entry)
     return final
+
+
+def _written_here(entry):
+    """Whether `entry` in the store is a checkpoint (or a killed writer's temp dir) of ours:
+    a directory with a checkpoint's name holding nothing but a checkpoint's files."""
+    if not (_CHECKPOINT_NAME.fullmatch(entry.name) or _TEMP_NAME.fullmatch(entry.name)):
+        return False
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    try:
+        return all(_CHECKPOINT_FILE.fullmatch(f.name) and f.is_file() and not f.is_symlink()
+                   for f in entry.iterdir())
+    except OSError:
+        return False
+
+
+def refuse_foreign_pointer(out_dir):
+    """A `checkpoints/latest` that is not a pointer of ours is the user's: never replaced."""
+    latest = checkpoint_root(out_dir) / LATEST
+    if (latest.exists() or latest.is_symlink()) and (
+            latest.is_symlink() or not latest.is_file() or _live_name(latest.parent) is None):
+        raise UsageError(f"{latest} is not a checkpoint pointer of this project; move it away "
+                         f"or choose another --out-dir")
 
 
 def _check_progress(progress):

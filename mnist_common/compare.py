@@ -9,19 +9,44 @@ import json
 from pathlib import Path
 
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
+from mnist_common.fileio import check_path
 
 PROG = "python -m mnist_common.compare"
 
 
 def read_metrics(run_dir):
-    """metrics.json of one run directory."""
+    """metrics.json of one run directory, checked to be a finished training run's record."""
     path = Path(run_dir) / "metrics.json"
+    check_path(path, "DIR")
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file (train first)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: cannot read it ({getattr(err, 'strerror', None) or err})"
+                         ) from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}: not valid JSON ({err})") from None
+    if not _readable_run(metrics):
+        raise UsageError(f"{path}: not the metrics.json of a training run of this project")
+    return metrics
+
+
+def _readable_run(metrics):
+    """Whether `metrics` has what the table and the figure read, with the right types."""
+    if not isinstance(metrics, dict):
+        return False
+    numbers = ("test_accuracy", "test_loss", "train_seconds", "train_images_per_second")
+    if not all(isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)
+               for k in numbers):
+        return False
+    epochs = metrics.get("epochs")
+    return (isinstance(metrics.get("framework"), str) and isinstance(metrics.get("device"), str)
+            and isinstance(metrics.get("step_losses"), list)
+            and all(isinstance(x, (int, float)) for x in metrics["step_losses"])
+            and isinstance(epochs, list)
+            and all(isinstance(e, dict) and isinstance(e.get("epoch"), int)
+                    and isinstance(e.get("test_accuracy"), (int, float)) for e in epochs))
 
 
 def format_table(runs):

@@ -93,6 +93,9 @@ def _positive_float(text):
     return value
 
 
+FRAMEWORKS = ("torch", "flax")
+
+
 def program(framework, tool="train"):
     """The command that runs a CLI, as messages print it: `python -m torch_impl.train`."""
     return f"python -m {framework}_impl.{tool}"

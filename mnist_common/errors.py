@@ -18,6 +18,12 @@ def first_line(err):
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def shown(path, limit=160):
+    """A path as a message shows it: whole, or its two ends when it is very long."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
+
+
 def describe(err):
     """`Type: first line` of an exception (the type alone if it has no message)."""
     text = first_line(err)

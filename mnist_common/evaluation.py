@@ -4,11 +4,13 @@ The flags are parsed before a framework is imported, so `--help` and a bad flag 
 """
 
 import importlib
+import json
 import os
 from pathlib import Path
 
 from mnist_common.config import Config, add_device_flags, program
 from mnist_common.errors import ArgumentParser, UsageError
+from mnist_common.fileio import check_path
 
 
 def build_parser(framework):
@@ -27,11 +29,31 @@ def build_parser(framework):
     return parser
 
 
+# The keys of the JSON file --out writes; a file with exactly these is an earlier evaluation's.
+EVALUATION_KEYS = ("framework", "weights", "device", "precision", "versions", "test_loss",
+                   "test_accuracy", "test_correct", "test_examples")
+
+
+def is_evaluation_record(path):
+    """Whether `path` holds the JSON an earlier `--out` wrote (and nothing else)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and sorted(record) == sorted(EVALUATION_KEYS)
+
+
 def _check_out_path(out):
-    """Fail before evaluating if --out cannot be written (the write itself is atomic)."""
+    """Fail before evaluating if --out cannot be written (the write itself is atomic), or if
+    it names a file that is not an earlier evaluation's output: that one is the user's."""
     path = Path(out)
+    check_path(path, "--out")
     if path.is_dir():
         raise UsageError(f"--out {path}: is a directory")
+    if (path.exists() or path.is_symlink()) and (path.is_symlink()
+                                                 or not is_evaluation_record(path)):
+        raise UsageError(f"--out {path}: exists and is not an earlier evaluation's output; "
+                         f"choose a new file name (only such outputs are replaced)")
     parent = path.parent
     if not parent.is_dir():
         raise UsageError(f"--out {path}: directory {parent} does not exist")
@@ -67,7 +89,7 @@ def evaluate_weights(framework, argv):
     placed = backend.place_split(placement, *test_split) if args.loader == "memory" else None
     evaluation = evaluate_split(backend, placement, state, test_split, loader=args.loader,
                                 root=root, placed=placed)
-    metrics = {
+    metrics = {  # the keys of EVALUATION_KEYS
         "framework": framework,
         "weights": str(args.weights),
         "device": backend.describe_placement(placement),

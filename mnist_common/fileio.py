@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_common.errors import first_line
+from mnist_common.errors import UsageError, first_line, shown
 
 try:
     import fcntl
@@ -23,6 +23,16 @@ except ImportError:  # not POSIX: concurrent users of one directory are then not
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def check_path(path, flag):
+    """A path the system cannot even look up (a name too long, say) is the user's error."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        raise UsageError(f"{flag} {shown(path)}: {err.strerror}") from None
 
 
 def say(message):
@@ -67,8 +77,10 @@ def as_os_error(err):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, before_replace=None):
     """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed.
+
+    `before_replace(tmp)`, if given, runs on the finished temp file just before the rename.
 
     Any exception raised by a writer inside the block (other than an interrupt) is re-raised
     as an OSError, so a full disk reads the same whichever library hit it.
@@ -80,6 +92,8 @@ def atomic_path(path):
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a normal file respects the umask
         fsync_file(tmp)
+        if before_replace is not None:
+            before_replace(Path(tmp))
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -89,15 +103,15 @@ def atomic_path(path):
         raise
 
 
-def write_bytes_atomic(path, data):
+def write_bytes_atomic(path, data, before_replace=None):
     """Write `data` to `path` so that readers see the old file or the whole new one."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, before_replace) as tmp:
         Path(tmp).write_bytes(data)
 
 
-def write_text_atomic(path, text):
+def write_text_atomic(path, text, before_replace=None):
     """Text version of `write_bytes_atomic`."""
-    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path, text.encode(), before_replace)
 
 
 @contextlib.contextmanager

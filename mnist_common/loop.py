@@ -56,6 +56,7 @@ def fit(config, backend, placement, state):
             except UsageError as err:
                 raise UsageError(f"--resume: {err}") from None
             check_resume(config, backend.FRAMEWORK, resumed.progress, resumed.path)
+            rundir.refuse_foreign_outputs(out_dir)
         else:
             rundir.refuse_to_replace(out_dir, config, backend.FRAMEWORK)
         return run.train(state, out_dir, resumed)
@@ -317,6 +318,12 @@ class TrainingRun:
             self.config, self.framework, self.backend.versions(),
             self.backend.describe_placement(self.placement), p, records, images_seen,
             self.first_call_seconds)
+        try:  # a file put in place of an output while the run trained is the user's
+            rundir.refuse_foreign_outputs(self.out_dir)
+        except UsageError as err:
+            raise UsageError(f"{err} (the run is kept in {checkpoint_root(self.out_dir)}: "
+                             f"{resume_command(self.framework, self.config)} writes the "
+                             f"outputs)") from None
         try:
             reporting.write_outputs(self.out_dir, params, metrics)
         except OSError as err:

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from mnist_common.architecture import CANONICAL_SHAPES, NUM_PARAMETERS  # noqa: F401 (re-exported)
 from mnist_common.errors import UsageError, describe, first_line
-from mnist_common.fileio import atomic_path, say
+from mnist_common.fileio import atomic_path, check_path, say
 
 
 def check_weights(arrays, source):
@@ -31,16 +31,18 @@ def check_weights(arrays, source):
             raise UsageError(f"{source}: {key} has dtype {arrays[key].dtype}, expected float32")
 
 
-def save_weights(path, arrays, metadata=None):
-    """Write canonical arrays (validated, float32, contiguous) atomically to a safetensors file."""
+def save_weights(path, arrays, metadata=None, before_replace=None):
+    """Write canonical arrays (validated, float32, contiguous) atomically to a safetensors file.
+
+    `before_replace`: as in `fileio.atomic_path`."""
     check_weights(arrays, path)
     tensors = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in CANONICAL_SHAPES}
-    save_arrays(path, tensors, metadata)
+    save_arrays(path, tensors, metadata, before_replace)
 
 
-def save_arrays(path, arrays, metadata=None):
+def save_arrays(path, arrays, metadata=None, before_replace=None):
     """Write any dict of NumPy arrays atomically to a safetensors file."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, before_replace) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
                   metadata=metadata)
 
@@ -107,6 +109,7 @@ def _tensor_to_numpy(tensor):
 def load_weights(path):
     """Read canonical weights from `.safetensors` (either framework) or the tutorial's `.pt`."""
     path = Path(path)
+    check_path(path, "--weights")
     if path.is_dir():
         raise UsageError(f"{path}: is a directory, not a weight file")
     if not path.exists():

@@ -118,6 +118,11 @@ def verify_idx(path, expected):
     problem = idx_problem(path, expected)
     if problem is None:
         return
+    if problem == "is missing" and path.is_symlink():
+        raise DataError(
+            f"MNIST file {path} is a symbolic link to {os.readlink(path)}, which does not "
+            f"exist; remove the link or point it at the official file"
+        )
     if problem == "is missing":
         raise DataError(
             f"MNIST file {path} is missing; run `{PROG}` or put the official file there"

@@ -23,7 +23,7 @@ from mnist_common.data.local import (
 )
 from mnist_common.data.sources import default_sources, is_disk_full, source_label
 from mnist_common.errors import DataError
-from mnist_common.fileio import exclusive_lock, remove_stale, say
+from mnist_common.fileio import check_path, exclusive_lock, remove_stale, say
 
 LOCK_NAME = ".mnist.lock"
 
@@ -156,6 +156,7 @@ def prepare_data(data_dir=None, *, files=MNIST_FILES, sources=None, progress=Fal
     already holds the files resolves to `<root>`.
     """
     given = given_data_dir(data_dir)
+    check_path(given, "--data-dir")
     root = resolve_data_dir(data_dir, files)
     raw = raw_dir(root)
     if root != given and progress:
