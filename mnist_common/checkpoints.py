@@ -28,6 +28,7 @@ LATEST = "latest"  # a one-line file naming the newest complete checkpoint direc
 CHECKPOINT_FORMAT = 1
 ARRAY_FILES = ("model.safetensors", "optimizer.safetensors")  # each must be named and hashed
 _CHECKPOINT_NAME = re.compile(r"step-\d{7,}(-\d+)?")
+_LATEST_TEMP = re.compile(r"\.latest\.[^/]*\.tmp")
 _TEMP_NAME = re.compile(r"\.step-\d{7,}(-\d+)?\.tmp-\d+")
 # What a checkpoint dir of ours holds: its files, and in a killed writer's, their temp files.
 _CHECKPOINT_FILE = re.compile(r"\.?(model\.safetensors|optimizer\.safetensors|progress\.json)"
@@ -101,7 +102,10 @@ def save_checkpoint(out_dir, params, optimizer, progress):
 
 def _written_here(entry):
     """Whether `entry` in the store is a checkpoint (or a killed writer's temp dir) of ours:
-    a directory with a checkpoint's name holding nothing but a checkpoint's files."""
+    a directory with a checkpoint's name holding nothing but a checkpoint's files, or the temp
+    file of a `latest` write."""
+    if _LATEST_TEMP.fullmatch(entry.name):
+        return entry.is_file() and not entry.is_symlink()
     if not (_CHECKPOINT_NAME.fullmatch(entry.name) or _TEMP_NAME.fullmatch(entry.name)):
         return False
     if entry.is_symlink() or not entry.is_dir():

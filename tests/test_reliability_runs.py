@@ -187,8 +187,8 @@ def test_resume_refuses_a_manifest_that_misses_a_file(framework, keep, flipped, 
     assert_usage_error(code, err, prog(framework), f"--resume: checkpoint {directory} is damaged "
                        "(progress.json does not name and hash every file a checkpoint needs "
                        "(model.safetensors, optimizer.safetensors))")
-    assert out == "" and sorted(p.name for p in out_dir.iterdir()) == [".train.lock",
-                                                                        "checkpoints"]
+    # Nothing added: not even the lock file, which this refused run created.
+    assert out == "" and sorted(p.name for p in out_dir.iterdir()) == ["checkpoints"]
 
 
 def test_a_manifest_with_a_hash_that_is_not_hex_is_damaged(tmp_path):
