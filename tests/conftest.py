@@ -39,3 +39,16 @@ def jax_compile_cache(tmp_path_factory):
 
     if hasattr(compilation_cache, "reset_cache"):
         compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory):
+    """Canonical weights of torch's seed-0 initialisation, as a run would write them."""
+    from mnist_common.config import Config
+    from mnist_common.weights import save_weights
+    from torch_impl import backend
+
+    state = backend.create_train_state(Config(), backend.select_placement("cpu"))
+    path = tmp_path_factory.mktemp("weights") / "good.safetensors"
+    save_weights(path, backend.state_to_arrays(state)[0])
+    return path
