@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from flax_impl import convert, distributed, xla_cpu
+from flax_impl import big_batch, convert, distributed, xla_cpu
 from flax_impl.model import CNN
 from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import to_numpy_batch
@@ -192,7 +192,11 @@ def train_step(state, batch):
         logits = state.apply_fn({"params": params}, images)  # (N, 10)
         return cross_entropy(logits, labels, *mask)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    if images.shape[0] > big_batch.CHUNK:  # see big_batch: XLA:CPU's kernels run out of memory
+        loss, grads = big_batch.mean_loss_and_grads(state.apply_fn, state.params, images, labels,
+                                                    *mask)
+    else:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
     state = state.apply_gradients(grads=grads)
     return state, {"loss": loss}
 

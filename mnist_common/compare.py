@@ -12,6 +12,18 @@ from mnist_common.errors import ArgumentParser, UsageError, run_cli
 from mnist_common.fileio import check_path
 
 PROG = "python -m mnist_common.compare"
+FIGURE_SOFTWARE = "mnist-cnn-parity compare"  # the PNG text that marks a figure as compare's
+
+
+def _is_compare_figure(path):
+    """Whether `path` is a PNG that an earlier compare wrote (the only kind it replaces)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get("Software") == FIGURE_SOFTWARE
+    except (OSError, ValueError):
+        return False
 
 
 def read_metrics(run_dir):
@@ -85,7 +97,7 @@ def plot_runs(runs, path):
         ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": FIGURE_SOFTWARE})
     plt.close(fig)
 
 
@@ -98,8 +110,12 @@ def main(argv=None):
                              "first DIR, e.g. runs/compare.png)")
     args = parser.parse_args(argv)
     runs = [read_metrics(d) for d in args.run_dirs]
-    print(format_table(runs))
     plot = Path(args.plot) if args.plot else Path(args.run_dirs[0]).resolve().parent / "compare.png"
+    check_path(plot, "--plot")
+    if (plot.exists() or plot.is_symlink()) and (plot.is_symlink() or not _is_compare_figure(plot)):
+        raise UsageError(f"--plot {plot}: exists and is not a figure compare wrote; choose "
+                         f"another --plot (only such figures are replaced)")
+    print(format_table(runs))
     try:
         plot_runs(runs, plot)
     except OSError as err:

@@ -42,3 +42,23 @@ def test_unwritable_figure_is_one_line(tmp_path, capsys):
                                                  str(tmp_path / "no" / "dir" / "c.png")],
                                   PROG, capsys)
     assert_usage_error(code, err, PROG, "cannot write it")
+
+
+def test_the_figure_replaces_only_an_earlier_compare_figure(tmp_path, capsys):
+    run = fake_run(tmp_path / "torch", "torch", [0.98])
+    figure = tmp_path / "compare.png"
+    for _ in range(2):  # written, then replaced: compare's own figure
+        code, _, err = run_in_process(compare.main, [str(run)], PROG, capsys)
+        assert code == 0, err
+    mine = tmp_path / "mine.png"
+    from PIL import Image
+
+    assert Image.open(figure).text["Software"] == compare.FIGURE_SOFTWARE
+    Image.new("RGB", (4, 4)).save(mine)  # a PNG of the user's
+    for target in (mine, run / "metrics.json"):
+        before = target.read_bytes()
+        code, out, err = run_in_process(compare.main, [str(run), "--plot", str(target)], PROG,
+                                        capsys)
+        assert_usage_error(code, err, PROG, f"--plot {target}: exists and is not a figure "
+                           "compare wrote")
+        assert out == "" and target.read_bytes() == before
