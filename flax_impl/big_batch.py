@@ -22,28 +22,19 @@ def _sum_loss(apply_fn, params, images, labels, weights):
     return (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
 
 
-def _chunked(array, chunks):
-    """(N, ...) zero-padded to chunks·CHUNK rows, as (chunks, CHUNK, ...)."""
-    padded = jnp.pad(array, [(0, chunks * CHUNK - array.shape[0])] + [(0, 0)] * (array.ndim - 1))
-    return padded.reshape(chunks, CHUNK, *array.shape[1:])
-
-
 def mean_loss_and_grads(apply_fn, params, images, labels, mask=None):
     """(mean loss, its gradient) of a batch larger than `CHUNK`, chunk by chunk; `mask`
     (0/1 per example) keeps only the examples it marks, as `cross_entropy` does."""
     count = images.shape[0]
     weights = jnp.ones((count,), jnp.float32) if mask is None else mask.astype(jnp.float32)
-    total = weights.sum()
-    chunks = -(-count // CHUNK)
     grad_fn = jax.value_and_grad(_sum_loss, argnums=1)
-
-    def body(carry, chunk):
-        loss_sum, grad_sum = carry
-        loss, grads = grad_fn(apply_fn, params, *chunk)
-        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    (loss_sum, grad_sum), _ = jax.lax.scan(
-        body, (jnp.zeros((), jnp.float32), zeros),
-        (_chunked(images, chunks), _chunked(labels, chunks), _chunked(weights, chunks)))
+    loss_sum, grad_sum = 0.0, None
+    # Unrolled, not a lax.scan: XLA:CPU ran the convolutions inside a scan's loop ~10x slower.
+    for start in range(0, count, CHUNK):
+        part = slice(start, min(start + CHUNK, count))
+        loss, grads = grad_fn(apply_fn, params, images[part], labels[part], weights[part])
+        loss_sum = loss_sum + loss
+        grad_sum = grads if grad_sum is None else jax.tree_util.tree_map(jnp.add, grad_sum,
+                                                                          grads)
+    total = weights.sum()
     return loss_sum / total, jax.tree_util.tree_map(lambda g: g / total, grad_sum)
