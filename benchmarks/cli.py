@@ -10,39 +10,42 @@ variant (`benchmarks.variants`), on the engines the training CLIs run:
 - the first call of every step (compile / jit / autotune), reported on its own;
 - achieved GFLOP/s and its share of this device's float32 GEMM rate, measured in the same run;
 - every conv and linear layer alone at batch 256, forward and forward+backward;
-- end to end: one real MNIST epoch through `mnist_common.loop.train_and_evaluate`, per framework;
+- end to end: one real MNIST epoch through the CLIs' loop (`mnist_common.loop`), per framework;
 - with `--cli` (by default on a GPU): the training CLIs as fresh processes, 10 epochs each;
-- with `--time-to-accuracy`: training seconds until test accuracy >= 98.5 %;
+- with `--time-to-accuracy`: the same loop until test accuracy >= 98.5 %, its training seconds;
 - peak host RSS, device memory, and beside every figure the share of the CPUs other processes took.
 
-Results go to `<out-dir>/<device>.{json,md,png}`, written atomically (`--quick`: a new scratch
-directory unless `--out-dir` is given). The numbers say which machine made them; nothing here is
-typed in by hand.
+Results go to `<out-dir>/<device>.{json,md,png}`, written atomically once a device is complete
+(`--quick`: a new scratch directory unless `--out-dir` is given); until then, and after a stop,
+what was measured is in `<device>.partial.json` (`benchmarks.harness` says what may be
+replaced). `run.py scaling` runs the training CLIs on 1 and N processes / devices. The numbers
+say which machine made them; nothing here is typed in by hand.
 """
 
 import argparse
 import dataclasses
-import json
+import datetime
 import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import PROG, end_to_end
-from benchmarks.accuracy import TARGET_ACCURACY
+from benchmarks import PROG, REPO, harness, training
 from benchmarks.environment import find_devices
-from benchmarks.plot import write_json, write_reports
-from benchmarks.session import SCHEMA, run_device
-from benchmarks.timing import status
+from benchmarks.report import markdown, scaling_markdown
+from benchmarks.session import run_device
+from benchmarks.timing import describe_error, status
+from benchmarks.training import TARGET_ACCURACY
 from benchmarks.variants import TUTORIAL, VARIANTS
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.config import PRECISIONS, positive_int
 from mnist_common.errors import ArgumentParser, UsageError
+from mnist_common.fileio import say, write_text_atomic
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = "benchmarks/results"  # under the repository root, wherever it is run from
+RESULTS_DIR = REPO / "benchmarks" / "results"  # wherever it is run from
 TRAIN_BATCH_SIZES = (64, 256, 1024)
 INFERENCE_BATCH_SIZES = (1, 256, 10_000)
 LAYER_BATCH_SIZE = 256  # the tutorial's batch size
@@ -68,7 +71,7 @@ class Settings:
     time_to_accuracy: bool
     precision: str  # --precision, passed to the engines' select_placement
     quick: bool
-    out_dir: Path
+    out_dir: Path | None  # None: RESULTS_DIR, or with --quick a new scratch directory
     render: str | None  # --render: no measurement, only reports from this JSON
 
 
@@ -142,8 +145,10 @@ def add_timing_flags(parser):
 
 def add_section_flags(parser):
     parser.add_argument("--out-dir", default=None, metavar="DIR",
-                        help=f"where <device>.json, .md and .png go (default: {RESULTS_DIR}; "
-                             "--quick: a new scratch directory, printed)")
+                        help="where <device>.json, .md and .png go (default: "
+                             f"{RESULTS_DIR.relative_to(REPO)}; --quick: a new scratch "
+                             "directory, printed); files there that the benchmark did not write "
+                             "are never replaced")
     parser.add_argument("--no-layers", dest="layers", action="store_false",
                         help="skip the per-layer timings")
     parser.add_argument("--no-epoch", dest="epoch", action="store_false",
@@ -152,39 +157,23 @@ def add_section_flags(parser):
                         help="run the training CLIs as processes (python -m <framework>_impl."
                              "train, 10 epochs, --quick: 2 steps) and time them from outside "
                              "(default: on a GPU only; a CPU takes minutes)")
-    parser.add_argument("--render", metavar="JSON",
-                        help="measure nothing: rewrite the .md and .png beside a results JSON")
+    parser.add_argument("--render", metavar="X.json",
+                        help="measure nothing: write X.md (and X.png) beside a results JSON")
     parser.add_argument("--time-to-accuracy", action="store_true",
-                        help=f"also train (tutorial settings, up to {TUTORIAL.epochs} epochs, "
-                             f"batches placed on the device first) until "
-                             f"{100 * TARGET_ACCURACY:.1f} %% test accuracy; slow on a CPU")
+                        help=f"also train through the CLIs' loop (tutorial settings, up to "
+                             f"{TUTORIAL.epochs} epochs) until {100 * TARGET_ACCURACY:.1f} %% "
+                             "test accuracy; slow on a CPU")
 
 
 def build_parser():
     parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
                             "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
-                            "run.")
+                            "run.", epilog=f"{PROG} scaling --help: data-parallel scaling, the "
+                            "training CLIs on 1 and N processes / devices")
     add_selection_flags(parser)
     add_timing_flags(parser)
     add_section_flags(parser)
     return parser
-
-
-def out_dir_for(args):
-    """--out-dir, checked by writing into it; --quick without it: a new scratch directory."""
-    if args.out_dir is None and args.quick and not args.render:
-        path = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))
-        status(f"--quick: writing the results to the scratch directory {path}")
-        return path
-    path = Path(args.out_dir) if args.out_dir is not None else REPO / RESULTS_DIR
-    try:
-        if not args.render:
-            path.mkdir(parents=True, exist_ok=True)
-            tempfile.NamedTemporaryFile(dir=path, prefix=".probe-").close()
-    except OSError as err:
-        raise UsageError(f"--out-dir {args.out_dir}: cannot write there "
-                         f"({err.strerror or err})") from None
-    return path
 
 
 def parse_settings(argv=None):
@@ -206,7 +195,21 @@ def parse_settings(argv=None):
         min_steps=pick(args.min_steps, 1, 2), warmup_steps=1, wait_quiet=args.wait_quiet,
         layers=args.layers, epoch=args.epoch, cli=args.cli,
         time_to_accuracy=args.time_to_accuracy, precision=args.precision, quick=quick,
-        out_dir=out_dir_for(args), render=args.render)
+        out_dir=None if args.out_dir is None else Path(args.out_dir), render=args.render)
+
+
+def parse_scaling(argv):
+    parser = ArgumentParser(prog=f"{PROG} scaling", description=training.__doc__.split("\n\n")[0]
+                            + " Writes scaling-<device>.json and .md.",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--devices", type=int_list, default=(1, 2), metavar="N,N,...",
+                        help="process / device counts to run")
+    parser.add_argument("--steps", type=positive_int, default=60, metavar="N",
+                        help="training steps per run (batch 256)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to train")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, metavar="DIR",
+                        help="where scaling-<device>.json and .md go")
+    return parser.parse_args(argv)
 
 
 def fresh_compile_caches():
@@ -217,60 +220,132 @@ def fresh_compile_caches():
     return cache
 
 
+def write_reports(json_path, results, text):
+    """X.md, and X.png (no PNG without Matplotlib: `--render` it later), beside X.json."""
+    if results["schema"] == harness.SCHEMA:
+        from benchmarks.plot import plot
+
+        try:
+            plot(results, json_path.with_name(f"{json_path.stem}.png"))
+        except ImportError as err:  # a bare GPU image may lack matplotlib
+            status(f"no PNG ({describe_error(err)}); run `{PROG} --render {json_path}` where it is")
+    write_text_atomic(json_path.with_name(f"{json_path.stem}.md"), text)
+
+
 def render(json_path):
-    """--render: rewrite the .md and .png beside a results JSON; print the Markdown."""
+    """--render X.json: write X.md and X.png beside it (never a file the benchmark did not
+    write); print the Markdown."""
     path = Path(json_path)
+    results = harness.read_results(path)
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--render {json_path}: cannot read results ({err})") from None
-    if results.get("schema") != SCHEMA:
-        raise UsageError(f"--render {json_path}: not a {SCHEMA} results file")
-    print(write_reports(results, path.parent))
+        text = (markdown if results["schema"] == harness.SCHEMA else scaling_markdown)(results)
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError, StopIteration):
+        raise UsageError(f"--render {json_path}: not a complete results file of this benchmark "
+                         f"(a JSON object written by {PROG})") from None
+    harness.refuse_strangers(path.parent, [f"{path.stem}.md", f"{path.stem}.png"], "--render")
+    try:
+        write_reports(path, results, text)
+    except OSError as err:
+        raise UsageError(f"--render {json_path}: cannot write its report beside it "
+                         f"({err.strerror or err})") from None
+    print(text)
 
 
-def stop_on_sigterm(signum, frame):
-    """SIGTERM (as from `timeout`) stops the run like Ctrl-C: finished sections are kept."""
-    raise KeyboardInterrupt
+def publish(out_dir, results, partial):
+    """A device's complete results: <device>.json, .md and .png, then the partial file goes."""
+    path = out_dir / f"{results['device']}.json"
+    try:
+        harness.refuse_strangers(out_dir, [path.name, f"{path.stem}.md", f"{path.stem}.png"])
+    except UsageError as err:
+        raise UsageError(f"{err}; the results are in {partial}") from None
+    harness.write_json(path, results)
+    text = markdown(results)
+    write_reports(path, results, text)
+    harness.discard(partial)
+    status(f"wrote {out_dir / results['device']}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
+    print(text)
 
 
-def measure_devices(settings, latest):
-    """Every device in turn; the results of each written and printed when it is done."""
-    if settings.cli is not False and settings.devices != ("cpu",):
-        end_to_end.keep_gpu_memory_free()  # before JAX starts on the GPU
-    devices = find_devices(settings.devices[0], settings.precision)
+def measure_devices(settings, devices, out_dir, partials):
+    """Every device in turn, each finished figure in <device>.partial.json (listed in
+    `partials` once written), the results published when the device is complete."""
     data_root, data_problem = None, "--no-epoch, no --time-to-accuracy, --no-cli"
     if settings.epoch or settings.time_to_accuracy or settings.cli is not False:
-        data_root, data_problem = end_to_end.prepare_data(settings.quick)
-
-    def save(results):
-        latest["results"] = results
-        write_json(results, settings.out_dir)
-
+        data_root, data_problem = training.prepare_data(settings.quick)
     for device in devices:
-        latest.clear()
-        results = run_device(device, settings, data_root, data_problem, save)
-        write_json(results, settings.out_dir)
-        text = write_reports(results, settings.out_dir)
-        status(f"wrote {settings.out_dir / results['device']}.{{json,md,png}} "
-               f"({results['wall_seconds']:.0f} s)")
-        print(text)
+        partial = out_dir / f"{device.slug()}.partial.json"
+
+        def save(results, partial=partial):
+            harness.write_json(partial, results)
+            if partial not in partials:
+                partials.append(partial)
+
+        publish(out_dir, run_device(device, settings, data_root, data_problem, save), partial)
+
+
+def run_benchmark(settings, partials):
+    """Devices found, the out-dir checked (both before it is created), every device measured;
+    a directory this run created and left empty is removed again."""
+    keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
+    if settings.cli is not False and settings.devices != ("cpu",):
+        training.keep_gpu_memory_free()  # before JAX starts on the GPU
+    devices = find_devices(settings.devices[0], settings.precision)
+    names = [name for device in devices for name in harness.output_names(device.slug())]
+    if settings.out_dir is None and settings.quick:
+        out_dir = harness.scratch_dir()
+        created = [out_dir]
+        status(f"--quick: writing the results to the scratch directory {out_dir}")
+    else:
+        out_dir = settings.out_dir or RESULTS_DIR
+        created = harness.prepare_out_dir(out_dir, names)
+    cache = fresh_compile_caches()
+    try:
+        measure_devices(settings, devices, out_dir, partials)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        harness.remove_if_empty(created)
+
+
+def run_scaling(args, argv):
+    """`run.py scaling`: the training CLIs on each count; scaling-<device>.json and .md."""
+    stem = f"scaling-{args.device}"
+    created = harness.prepare_out_dir(args.out_dir, [f"{stem}.json", f"{stem}.md"])
+    try:
+        rows = training.measure_scaling(args.device, args.steps, sorted(args.devices))
+    finally:
+        harness.remove_if_empty(created)
+    results = {"schema": harness.SCALING_SCHEMA, "command": " ".join([PROG, "scaling", *argv]),
+               "device": args.device, "steps": args.steps, "counts": sorted(args.devices),
+               "rows": rows, "date": datetime.date.today().isoformat()}
+    harness.write_json(args.out_dir / f"{stem}.json", results)
+    text = scaling_markdown(results)
+    write_text_atomic(args.out_dir / f"{stem}.md", text)
+    print(text)
+
+
+def stopped_line(signum, partials):
+    """The one line a stopped run leaves: the signal, and where what it measured is."""
+    name = signal.Signals(signum).name
+    if not partials:
+        return f"{PROG}: stopped by {name} before a figure was measured; nothing written"
+    files = ", ".join(map(str, partials))
+    return (f"{PROG}: stopped by {name}; what it measured is in {files} (`{PROG} --render "
+            f"{partials[-1]}` makes its report); no complete result was replaced")
 
 
 def main(argv=None):
-    settings = parse_settings(argv)
-    if settings.render:
-        return render(settings.render)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
-    cache = fresh_compile_caches()
-    latest = {}  # the last saved results, rendered if the run is interrupted
+    argv = list(sys.argv[1:] if argv is None else argv)
+    scaling = argv[:1] == ["scaling"]
+    args = parse_scaling(argv[1:]) if scaling else parse_settings(argv)
+    if not scaling and args.render:
+        return render(args.render)
+    harness.handle_sigterm()
+    partials = []
     try:
-        measure_devices(settings, latest)
-    except KeyboardInterrupt:
-        if "results" in latest:
-            write_reports(latest["results"], settings.out_dir)
-            status(f"interrupted: partial results in {settings.out_dir}")
-        raise SystemExit(130) from None
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        return run_scaling(args, argv[1:]) if scaling else run_benchmark(args, partials)
+    except BaseException as err:
+        signum = harness.stop_signal(err)
+        if signum is None:
+            raise
+        say(stopped_line(signum, partials))
+        raise SystemExit(128 + signum) from None

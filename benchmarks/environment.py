@@ -7,7 +7,6 @@ import os
 import platform
 import re
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import jax
 import torch
 
+from benchmarks.harness import run_process
 from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from mnist_common.allocator import keep_freed_memory
@@ -105,12 +105,10 @@ def package_versions():
 
 def nvidia_driver():
     """The NVIDIA driver version from nvidia-smi, or None."""
-    if shutil.which("nvidia-smi") is None:
-        return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True)
-        return out.stdout.strip().splitlines()[0]
+        done, _ = run_process(["nvidia-smi", "--query-gpu=driver_version",
+                               "--format=csv,noheader"], timeout=30)
+        return done.stdout.strip().splitlines()[0] if done.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
 

@@ -1,13 +1,9 @@
-"""The results on disk: `<out-dir>/<device>.json`, `.md` and `.png`, each written atomically."""
-
-import json
+"""The results as a figure: training and inference images/s per batch size and variant."""
 
 import numpy as np
 
-from benchmarks import PROG
-from benchmarks.report import markdown, section_ok
-from benchmarks.timing import describe_error, status
-from mnist_common.fileio import atomic_path, write_text_atomic
+from benchmarks.report import section_ok
+from mnist_common.fileio import atomic_path
 
 
 def _bars(ax, results, key, names, width):
@@ -26,7 +22,8 @@ def _bars(ax, results, key, names, width):
 
 
 def plot(results, path):
-    """Bar charts of training and inference images/s per batch size."""
+    """Bar charts of training and inference images/s per batch size, written atomically to
+    `path` (an ImportError without Matplotlib)."""
     from mnist_common.plotting import pyplot
 
     plt = pyplot()
@@ -48,19 +45,3 @@ def plot(results, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def write_json(results, out_dir):
-    """<out_dir>/<device>.json, atomically."""
-    write_text_atomic(out_dir / f"{results['device']}.json", json.dumps(results, indent=2) + "\n")
-
-
-def write_reports(results, out_dir):
-    """<out_dir>/<device>.md and .png (no PNG without matplotlib); returns the Markdown."""
-    text = markdown(results)
-    write_text_atomic(out_dir / f"{results['device']}.md", text)
-    try:
-        plot(results, out_dir / f"{results['device']}.png")
-    except ImportError as err:  # a bare GPU image may lack matplotlib: render later, --render
-        status(f"no PNG ({describe_error(err)}); run `{PROG} --render <json>` where it is")
-    return text

@@ -1,7 +1,7 @@
 """The results as Markdown: throughput with ratios, first calls, layers, end to end, memory."""
 
-from benchmarks.accuracy import TARGET_ACCURACY
 from benchmarks.timing import fmt_share, windows_load
+from benchmarks.training import TARGET_ACCURACY
 from benchmarks.variants import BASELINE
 
 BUSY_WARNING = 0.05  # other processes above this share of the CPUs: the figure is suspect
@@ -239,19 +239,21 @@ def time_to_accuracy_lines(tta):
         return ["## Time to accuracy", "", f"Failed: {tta['error']}", ""]
     rows = [[name, f"{t['seconds_to_target']:.1f}" if t["reached"] else "not reached",
              t["epochs_to_target"] or f"> {t['max_epochs']}",
-             f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %", f"{t['warmup_seconds']:.1f}",
+             f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %",
+             "—" if t.get("first_call_seconds") is None else f"{t['first_call_seconds']:.1f}",
              fmt_share(t.get("other_load"))] for name, t in tta.items()]
-    return [f"## Time to {100 * TARGET_ACCURACY:.1f} % test accuracy (each epoch's batches placed "
-            f"on the device before the clock starts, tutorial settings; evaluation not timed)",
-            "", table(["variant", "training seconds", "epochs", "last accuracy",
-                       "warm-up s (excluded)", "others' CPU"], rows), ""]
+    return [f"## Time to {100 * TARGET_ACCURACY:.1f} % test accuracy (the CLIs' loop stopped at "
+            f"the first epoch that reaches it, tutorial settings, data on the device; compile "
+            f"included, evaluation not timed)", "",
+            table(["variant", "training seconds", "epochs", "last accuracy",
+                   "first dispatch s (included)", "others' CPU"], rows), ""]
 
 
 def end_to_end_lines(results):
     """One epoch through the CLIs' loop, beside the isolated step at the same batch size."""
     e2e = results.get("end_to_end", {})
     if not e2e:
-        return legacy_epoch_lines(results.get("epoch", {}))
+        return []
     if "skipped" in e2e or "error" in e2e:
         return ["## End to end: one real MNIST epoch", "",
                 f"Not run: {e2e.get('skipped') or e2e.get('error')}", ""]
@@ -266,25 +268,13 @@ def end_to_end_lines(results):
     complete = all(e["complete_epoch"] for e in e2e.values())
     return ["## End to end: one real MNIST epoch through the CLIs' loop" if complete else
             "## End to end: real MNIST, the first steps of epoch 1 (--quick)", "",
-            "`mnist_common.loop.train_and_evaluate` with the engine, as `python -m "
+            "The CLIs' loop (`mnist_common.loop`) with the engine, as `python -m "
             "<framework>_impl.train --epochs 1` runs it (in-memory loader, batch 256, the loss "
             "read every step; compile included, evaluation not): its metrics' `train_seconds`, "
             "`train_images_per_second` and `test_accuracy`, beside the isolated train step.", "",
             table(["framework", "variant", "steps", "train seconds", "images/s",
                    "isolated step images/s", "end to end / isolated", "test accuracy after",
                    "others' CPU"], rows), ""]
-
-
-def legacy_epoch_lines(epoch):
-    """The real-epoch table of results written before the end-to-end section existed."""
-    if not epoch or "skipped" in epoch or "error" in epoch:
-        return []
-    rows = [[name, e["steps"], f"{e['seconds']:.1f}", f"{e['images_per_second']:,.0f}",
-             f"{100 * e['test_accuracy']:.2f} %", f"{e['warmup_seconds']:.1f}",
-             fmt_share(e.get("other_load"))] for name, e in epoch.items()]
-    return ["## One real MNIST epoch (in-memory loader, batch 256)", "",
-            table(["variant", "steps", "seconds", "images/s", "test accuracy after",
-                   "warm-up s (excluded)", "others' CPU"], rows), ""]
 
 
 def cli_lines(cli):
@@ -361,3 +351,19 @@ def markdown(results):
         parts.append("**Interrupted: these are the sections finished before the stop.**")
     parts.append(f"Whole run on this device: {results.get('wall_seconds', 0):.0f} s.")
     return "\n".join(parts) + "\n"
+
+
+def scaling_markdown(results):
+    """The table of `run.py scaling`: images/s on 1 and N processes / devices."""
+    lines = [f"# Data-parallel scaling ({results['device']}), measured {results['date']}", "",
+             f"`python {results['command']}`: {results['steps']} steps at global batch 256 on "
+             "real MNIST, the CLIs' own images/s.", "",
+             "| framework | processes / devices | images/s | × one | last step's loss | device |",
+             "|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        one = next(r for r in results["rows"]
+                   if r["framework"] == row["framework"] and r["count"] == results["counts"][0])
+        lines.append(f"| {row['framework']} | {row['count']} | {row['images_per_second']:,.0f} | "
+                     f"{row['images_per_second'] / one['images_per_second']:.2f} | "
+                     f"{row['final_loss']:.4f} | {row['device']} |")
+    return "\n".join(lines) + "\n"

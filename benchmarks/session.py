@@ -1,4 +1,4 @@
-"""One device, start to end: every section in order, the results saved after each one."""
+"""One device, start to end: every section in order, each finished figure saved at once."""
 
 import datetime
 import sys
@@ -8,23 +8,20 @@ import traceback
 import numpy as np
 import torch
 
-from benchmarks import PROG, end_to_end
-from benchmarks.accuracy import measure_time_to_accuracy
+from benchmarks import PROG, training
 from benchmarks.environment import environment, load_average, memory
-from benchmarks.flops import flop_counts
-from benchmarks.layers import measure_layers
-from benchmarks.measure import (
+from benchmarks.harness import SCHEMA
+from benchmarks.isolated import (
+    flop_counts,
     latency,
     measure_gemm,
-    measure_inference,
-    measure_training,
+    measure_layers,
     peak_gflops,
+    per_batch,
 )
 from benchmarks.timing import METHOD, describe_error, process_cpu_seconds, status
 from benchmarks.variants import BASELINE, VARIANTS, build_variants
 from mnist_common import data
-
-SCHEMA = "mnist-cnn-benchmark/1"
 
 
 def jsonable(value):
@@ -53,7 +50,7 @@ def start_results(device, settings):
                        "train_step": "the engine's train_step with the loss read back to the "
                                      "host each step, synthetic data placed by the engine",
                        "inference": "the engine's logits (no loss), back on the host",
-                       "end_to_end": "mnist_common.loop.train_and_evaluate, one epoch, in this "
+                       "end_to_end": "the CLIs' loop (mnist_common.loop), one epoch, in this "
                                      "process after the isolated measurements",
                        "ratio": f"variant median / {BASELINE} median"}}
 
@@ -75,26 +72,45 @@ class Session:
         self.data_root, self.data_problem = data_root, data_problem
         self.started, self.cpu_started = time.perf_counter(), process_cpu_seconds()
         self.results = start_results(device, settings)
+        self._splits = None
+
+    def saved(self):
+        self.results["wall_seconds"] = time.perf_counter() - self.started
+        self.save(jsonable(self.results))
 
     def section(self, key, function, *args):
-        """results[key] = function(*args); an exception becomes {"error": …}; then save."""
+        """results[key] from `function(*args)`: a dict, or (name, figures) pairs, each saved as it
+        comes; an exception becomes {"error": …}."""
+        self.results[key] = part = {}
         try:
-            self.results[key] = function(*args)
+            produced = function(*args)
+            if isinstance(produced, dict):
+                part.update(produced)
+            else:
+                for name, figures in produced:
+                    part[name] = figures
+                    self.saved()
         except Exception as err:
             self.results[key] = {"error": describe_error(err)}
             status(f"{key} failed: {self.results[key]['error']}")
             traceback.print_exc(file=sys.stderr)
-        self.results["wall_seconds"] = time.perf_counter() - self.started
-        self.save(jsonable(self.results))
+        self.saved()
 
-    def skip_or_run(self, key, wanted, why_not, function, *args):
-        """Run a section that needs real MNIST, or record why it did not run."""
+    def skip_or_run(self, key, wanted, why_not, measure):
+        """Run `measure()`, a section that needs real MNIST, or record why it did not run."""
         if not wanted:
             self.results[key] = {"skipped": why_not}
         elif self.data_root is None:
             self.results[key] = {"skipped": self.data_problem}
         else:
-            self.section(key, function, *args)
+            self.section(key, measure)
+
+    def splits(self):
+        """(data root, train arrays, test arrays), read once."""
+        if self._splits is None:
+            self._splits = (self.data_root, data.load_arrays(self.data_root, train=True),
+                            data.load_arrays(self.data_root, train=False))
+        return self._splits
 
     def isolated(self):
         """Peak GEMM, the variants' train steps and logits, the layers alone."""
@@ -106,8 +122,8 @@ class Session:
         torch.manual_seed(0)
         variants, skipped = build_variants(device, settings.variants)
         results["variants"] = variant_table(variants, skipped)
-        self.section("train", measure_training, device, variants, settings, flops, peak)
-        self.section("inference", measure_inference, device, variants, settings, flops, peak)
+        for key in ("train", "inference"):
+            self.section(key, per_batch, device, variants, settings, key, flops, peak)
         if "error" not in results["inference"]:
             results["latency_ms"] = latency(results["inference"])
         if settings.layers:
@@ -118,22 +134,18 @@ class Session:
     def real_data(self):
         """End to end, time to accuracy, the CLIs: the sections that train on real MNIST."""
         device, settings, results = self.device, self.settings, self.results
-        self.skip_or_run("end_to_end", settings.epoch, "--no-epoch",
-                         end_to_end.measure_end_to_end, device, settings, self.data_root)
-        if "error" not in results["end_to_end"] and "skipped" not in results["end_to_end"] \
-                and "error" not in results["train"]:
-            end_to_end.beside_isolated(results["end_to_end"], results["train"])
+        self.skip_or_run("end_to_end", settings.epoch, "--no-epoch", lambda: (
+            training.measure_end_to_end(device, settings, self.splits())))
+        e2e = results["end_to_end"]
+        if not {"error", "skipped"} & set(e2e) and "error" not in results["train"]:
+            training.beside_isolated(e2e, results["train"])
         self.skip_or_run("time_to_accuracy", settings.time_to_accuracy,
-                         "run with --time-to-accuracy", self.time_to_accuracy)
+                         "run with --time-to-accuracy",
+                         lambda: training.measure_time_to_accuracy(device, self.splits()))
         cli = settings.cli if settings.cli is not None else device.kind == "gpu"
         self.skip_or_run("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
                          "framework: minutes)" if settings.cli is None else "--no-cli",
-                         end_to_end.measure_cli, device, settings, self.data_root)
-
-    def time_to_accuracy(self):
-        splits = (data.load_arrays(self.data_root, train=True),
-                  data.load_arrays(self.data_root, train=False))
-        return measure_time_to_accuracy(self.device, splits)
+                         lambda: training.measure_cli(device, settings, self.data_root))
 
     def finish(self):
         env = self.results["environment"]
@@ -147,7 +159,7 @@ class Session:
 
 
 def run_device(device, settings, data_root, data_problem, save):
-    """All measurements on one device; `save(results)` after each section; returns results."""
+    """All measurements on one device; `save(results)` after each figure; returns results."""
     session = Session(device, settings, data_root, data_problem, save)
     session.isolated()
     session.real_data()

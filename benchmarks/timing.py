@@ -83,6 +83,10 @@ class OtherLoad:
         self.mine = process_cpu_seconds()
         return self
 
+    def seconds(self):
+        """Wall seconds since start()."""
+        return time.perf_counter() - self.wall
+
     def stop(self):
         """Other processes' CPU-seconds / (wall seconds x CPUs), or None off Linux."""
         busy = self._machine_busy_seconds()

@@ -1,7 +1,7 @@
 """The variants timed side by side, each built on an engine (`torch_impl.backend`,
 `flax_impl.backend`): its state, its batch placement, its train step and its logits. A variant
 other than the engine's own only swaps a piece of the engine's state (the model's memory
-format, a compiled model, the Flax module); nothing here re-implements a step."""
+format, a compiled model, the Flax module), and for XLA's defaults jits the same step plainly."""
 
 import dataclasses
 
@@ -50,12 +50,12 @@ class Variant:
         return BACKENDS[self.framework]
 
 
-def synthetic_batch(batch_size, seed=0):
-    """Images in [0, 1) and labels, as the loaders give them: NCHW float32 / int64 tensors."""
+def synthetic_split(batch_size, seed=0):
+    """One batch of random MNIST-like data as the loaders hold a split: uint8 (B, 28, 28)
+    images and int64 labels."""
     rng = np.random.default_rng([seed, batch_size])
-    images = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)  # (B, 1, 28, 28)
-    labels = rng.integers(0, NUM_CLASSES, batch_size)
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    images = rng.integers(0, 256, (batch_size, *INPUT_SHAPE[1:]), dtype=np.uint8)
+    return images, rng.integers(0, NUM_CLASSES, batch_size)
 
 
 def flax_engine_differs(placement):
@@ -82,19 +82,31 @@ def torch_variant(name, device, config=TUTORIAL):
     return Variant(name, "torch", state, device.torch, device.torch_sync, adapt)
 
 
+def plain_train_step(state, batch):
+    """The engine's train step (cross-entropy, gradient, Adam update) as a plain function, for
+    a `jax.jit` at XLA's default options; `tests/test_benchmark.py` checks it against
+    `flax_impl.backend.train_step`."""
+    images, labels = batch
+
+    def loss_fn(params):
+        return flax_backend.cross_entropy(state.apply_fn({"params": params}, images), labels)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
 def flax_variant(name, device, config=TUTORIAL):
     """The engine's Flax state and step, or the same step and params under a plain jax.jit
     with the stock module."""
     state = flax_backend.create_train_state(config, device.flax)
     if name != "flax-xla-defaults":
         return Variant(name, "flax", state, device.flax, device.jax_sync)
-    # Same params, same optax transform, the same step function; only the module and the
-    # compiler options differ.
+    # Same params and optax transform; only the module and the compiler options differ.
     stock = FlaxCNN()
     state = state.replace(apply_fn=stock.apply)
     forward = jax.jit(stock.apply)
     return Variant(name, "flax", state, device.flax, device.jax_sync,
-                   train_step=jax.jit(flax_backend.train_step.__wrapped__),
+                   train_step=jax.jit(plain_train_step),
                    logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
 
 
@@ -116,8 +128,10 @@ def build_variants(device, names):
 
 
 def placed_batch(variant, batch_size):
-    """A synthetic batch placed by the engine, as the training loop places real ones."""
-    batch = variant.backend.place_batch(variant.placement, *synthetic_batch(batch_size))
+    """A synthetic batch cut on the device by the engine, as the training loop cuts real ones
+    (`place_split`, `gather_batch`: the CLIs' default in-memory loader)."""
+    split = variant.backend.place_split(variant.placement, *synthetic_split(batch_size))
+    batch = variant.backend.gather_batch(split, np.arange(batch_size))
     return variant.adapt(batch) if variant.adapt else batch
 
 
