@@ -1,6 +1,9 @@
-"""The isolated measurements: FLOPs per image, peak GEMM, the engines' train step and logits per
-batch size, and each conv and linear layer alone. A measurement over several batch sizes or
-layers yields (key, figures) as each one is done, so a stopped run keeps them."""
+"""The isolated measurements, on the engines (`torch_impl.backend`, `flax_impl.backend`): the
+variants timed side by side, FLOPs per image, peak GEMM, the train step and logits per batch
+size, and each conv and linear layer alone. A variant other than the engine's own only swaps a
+piece of the engine's state (the model's memory format, a compiled model, the Flax module), and
+for XLA's defaults jits the same step plainly. A measurement over several batch sizes or layers
+yields (key, figures) as each one is done, so a stopped run keeps them."""
 
 import dataclasses
 
@@ -11,7 +14,7 @@ import torch
 from flax import linen
 
 from benchmarks.environment import memory, reset_torch_peak
-from benchmarks.timing import (
+from benchmarks.harness import (
     Candidate,
     describe_error,
     rates,
@@ -19,17 +22,147 @@ from benchmarks.timing import (
     time_interleaved,
     windows_load,
 )
-from benchmarks.variants import flax_engine_differs, inference_candidate, train_candidate
+from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from flax_impl.model import CNN as FlaxCNN
 from mnist_common import architecture
+from mnist_common.architecture import INPUT_SHAPE, NUM_CLASSES
+from mnist_common.config import Config
 from torch_impl import backend as torch_backend
 
+VARIANTS = {
+    "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
+    "torch-channels-last": "the same with model and input in torch.channels_last memory format",
+    "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
+    "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
+                "model flax_impl.backend.create_model(placement) ships for this device",
+    "flax-xla-defaults": "the same step under a plain jax.jit (XLA's default compiler options) "
+                         "with flax_impl.model.CNN() at its defaults (Flax's max-pool): what "
+                         "the engine changes on the CPU; run only where it changes something",
+}
+BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
+DEFAULT_VARIANT = {"torch": "torch-eager", "flax": "flax-jit"}  # what the training CLIs run
+BACKENDS = {"torch": torch_backend, "flax": flax_backend}
+TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
 GEMM_SIZE = {"cpu": 2048, "gpu": 8192}
 CONVENTION = ("forward FLOPs = 2 x multiply-adds of each conv and linear layer (bias, ReLU, "
               "max-pool, softmax and loss not counted); training FLOPs = 3 x forward "
               "(backward = input gradient + weight gradient, each about one forward)")
 LAYER_NOTE = "layer.0 gets no input gradient (as in training); the others do"
+
+
+@dataclasses.dataclass
+class Variant:
+    """An engine's train state on one device, and how a placed batch is adapted for it."""
+
+    name: str
+    framework: str
+    state: object  # the engine's TrainState; train steps replace it
+    placement: object  # the engine's Placement (one device)
+    sync: object  # waits for a result of this framework on this device
+    adapt: object = None  # placed batch -> the batch this variant feeds (None: unchanged)
+    train_step: object = None  # (state, batch) -> (state, metrics); None: the engine's
+    logits: object = None  # (state, batch) -> NumPy logits; None: the engine's
+
+    @property
+    def backend(self):
+        return BACKENDS[self.framework]
+
+
+def flax_engine_differs(placement):
+    """True where the engine compiles or builds its model otherwise than a plain jax.jit of
+    the stock module would (the CPU: `flax_impl.xla_cpu`)."""
+    return placement.device.platform == "cpu" or flax_backend.create_model(placement) != FlaxCNN()
+
+
+def torch_variant(name, device, config=TUTORIAL):
+    """torch eager NCHW, eager channels_last, or torch.compile over the engine's state."""
+    state = torch_backend.create_train_state(config, device.torch)
+    adapt = None
+    if name == "torch-channels-last":
+        state.model.to(memory_format=torch.channels_last)  # in place: the optimizer still fits
+
+        def adapt(batch):
+            return batch[0].contiguous(memory_format=torch.channels_last), batch[1]
+    elif name == "torch-compile":
+        # A fixed shape per batch size, as the tutorial uses: one static graph each.
+        state = state._replace(model=torch.compile(state.model, dynamic=False))
+    return Variant(name, "torch", state, device.torch, device.torch_sync, adapt)
+
+
+def plain_train_step(state, batch):
+    """The engine's train step (cross-entropy, gradient, Adam update) as a plain function, for
+    a `jax.jit` at XLA's default options; `tests/test_benchmark.py` checks it against
+    `flax_impl.backend.train_step`."""
+    images, labels = batch
+
+    def loss_fn(params):
+        return flax_backend.cross_entropy(state.apply_fn({"params": params}, images), labels)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def flax_variant(name, device, config=TUTORIAL):
+    """The engine's Flax state and step, or the same step and params under a plain jax.jit
+    with the stock module."""
+    state = flax_backend.create_train_state(config, device.flax)
+    if name != "flax-xla-defaults":
+        return Variant(name, "flax", state, device.flax, device.jax_sync)
+    # Same params and optax transform; only the module and the compiler options differ.
+    stock = FlaxCNN()
+    state = state.replace(apply_fn=stock.apply)
+    forward = jax.jit(stock.apply)
+    return Variant(name, "flax", state, device.flax, device.jax_sync,
+                   train_step=jax.jit(plain_train_step),
+                   logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
+
+
+def build_variants(device, names):
+    """The variants this device can run: {name: Variant} and {name: reason} for the rest."""
+    built, skipped = {}, {}
+    for name in names:
+        framework = name.split("-")[0]
+        if framework == "torch" and device.torch is None:
+            skipped[name] = "PyTorch does not see this device"
+        elif framework == "flax" and device.flax is None:
+            skipped[name] = "JAX does not see this device"
+        elif name == "flax-xla-defaults" and not flax_engine_differs(device.flax):
+            skipped[name] = "the engine already runs a plain jax.jit of the stock module here"
+        else:
+            build = torch_variant if framework == "torch" else flax_variant
+            built[name] = build(name, device)
+    return built, skipped
+
+
+def placed_batch(variant, batch_size, seed=0):
+    """A batch of random MNIST-like data (uint8 (B, 28, 28), int64 labels) cut on the device
+    by the engine, as the CLIs' default in-memory loader cuts real ones."""
+    rng = np.random.default_rng([seed, batch_size])
+    images = rng.integers(0, 256, (batch_size, *INPUT_SHAPE[1:]), dtype=np.uint8)
+    split = variant.backend.place_split(variant.placement, images,
+                                        rng.integers(0, NUM_CLASSES, batch_size))
+    batch = variant.backend.gather_batch(split, np.arange(batch_size))
+    return variant.adapt(batch) if variant.adapt else batch
+
+
+def train_candidate(variant, batch_size):
+    """One engine train step per call, the loss read back to the host as the loop does."""
+    batch = placed_batch(variant, batch_size)
+    step = variant.train_step or variant.backend.train_step
+
+    def call():
+        variant.state, metrics = step(variant.state, batch)
+        return float(metrics["loss"])
+
+    return Candidate(variant.name, call, variant.sync)
+
+
+def inference_candidate(variant, batch_size):
+    """The engine's logits (N, 10) of one batch per call, back on the host."""
+    batch = placed_batch(variant, batch_size)
+    logits = variant.logits or variant.backend.logits
+    return Candidate(variant.name, lambda: logits(variant.state, batch), variant.sync)
 
 
 def xla_forward_flops(batch=256):
@@ -91,16 +224,6 @@ def peak_gflops(gemm):
     return None
 
 
-def add_rates(result, images_per_call, flops_per_image, peak):
-    """Add images/s, GFLOP/s and % of peak to one timing result (in place)."""
-    if "error" not in result:
-        per_call = result["seconds_per_call"]
-        result["images_per_second"] = rates(per_call, images_per_call)
-        result["gflop_per_second"] = rates(per_call, images_per_call * flops_per_image / 1e9)
-        result["percent_of_peak"] = (100 * result["gflop_per_second"]["median"] / peak
-                                     if peak else None)
-
-
 def per_batch(device, variants, settings, kind, flops, peak):
     """Yields (batch, {variant: timing with rates}) of train steps (kind "train") or logits
     ("inference"), the variants interleaved."""
@@ -115,8 +238,12 @@ def per_batch(device, variants, settings, kind, flops, peak):
         timed = time_interleaved([candidate(v, batch_size) for v in variants.values()],
                                  settings)
         snapshot = memory(device)
-        for result in timed.values():
-            add_rates(result, batch_size, flops_per_image, peak)
+        for result in (r for r in timed.values() if "error" not in r):
+            per_call = result["seconds_per_call"]
+            result["images_per_second"] = rates(per_call, batch_size)
+            result["gflop_per_second"] = rates(per_call, batch_size * flops_per_image / 1e9)
+            result["percent_of_peak"] = (100 * result["gflop_per_second"]["median"] / peak
+                                         if peak else None)
             result["memory"] = snapshot
         yield batch_size, timed  # saved before it is printed
         status(f"[{device.kind}]   " + ", ".join(
@@ -193,8 +320,8 @@ def layer_candidates(row, device, batch_size, torch_modules):
             impls["xla-default"] = jax.jit  # XLA's default options beside the engine's
         pairs += [flax_layer_candidates(row, device, batch_size, name, jit)
                   for name, jit in impls.items()]
-    return ([dataclasses.replace(f, name=f"{f.name}/forward") for f, _ in pairs]
-            + [dataclasses.replace(b, name=f"{b.name}/forward_backward") for _, b in pairs])
+    return ([f._replace(name=f"{f.name}/forward") for f, _ in pairs]
+            + [b._replace(name=f"{b.name}/forward_backward") for _, b in pairs])
 
 
 def layer_entry(row, timed):

@@ -10,8 +10,17 @@ import torch
 
 from benchmarks import PROG, training
 from benchmarks.environment import environment, load_average, memory
-from benchmarks.harness import SCHEMA
+from benchmarks.harness import (
+    METHOD,
+    SCHEMA,
+    describe_error,
+    process_cpu_seconds,
+    status,
+)
 from benchmarks.isolated import (
+    BASELINE,
+    VARIANTS,
+    build_variants,
     flop_counts,
     latency,
     measure_gemm,
@@ -19,8 +28,6 @@ from benchmarks.isolated import (
     peak_gflops,
     per_batch,
 )
-from benchmarks.timing import METHOD, describe_error, process_cpu_seconds, status
-from benchmarks.variants import BASELINE, VARIANTS, build_variants
 from mnist_common import data
 
 
@@ -30,15 +37,13 @@ def jsonable(value):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def start_results(device, settings):
     """What ran where and how, before anything is measured."""
     return {"schema": SCHEMA, "device": device.slug(), "device_name": device.name(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([PROG, *sys.argv[1:]]), "quick": settings.quick,
             "precision": settings.precision, "complete": False,
             "environment": environment(device),
@@ -48,20 +53,12 @@ def start_results(device, settings):
                        "warmup_calls": settings.warmup_steps,
                        "wait_quiet_seconds": settings.wait_quiet,
                        "train_step": "the engine's train_step with the loss read back to the "
-                                     "host each step, synthetic data placed by the engine",
+                                     "host each step, synthetic data cut on the device by the "
+                                     "engine",
                        "inference": "the engine's logits (no loss), back on the host",
                        "end_to_end": "the CLIs' loop (mnist_common.loop), one epoch, in this "
                                      "process after the isolated measurements",
                        "ratio": f"variant median / {BASELINE} median"}}
-
-
-def variant_table(variants, skipped):
-    out = {name: {"framework": v.framework, "status": "ok", "description": VARIANTS[name]}
-           for name, v in variants.items()}
-    out.update({name: {"framework": name.split("-")[0], "status": "skipped",
-                       "description": VARIANTS[name], "reason": reason}
-                for name, reason in skipped.items()})
-    return out
 
 
 class Session:
@@ -71,39 +68,32 @@ class Session:
         self.device, self.settings, self.save = device, settings, save
         self.data_root, self.data_problem = data_root, data_problem
         self.started, self.cpu_started = time.perf_counter(), process_cpu_seconds()
-        self.results = start_results(device, settings)
-        self._splits = None
+        self.results, self._splits = start_results(device, settings), None
 
     def saved(self):
         self.results["wall_seconds"] = time.perf_counter() - self.started
         self.save(jsonable(self.results))
 
     def section(self, key, function, *args):
-        """results[key] from `function(*args)`: a dict, or (name, figures) pairs, each saved as it
-        comes; an exception becomes {"error": …}."""
+        """results[key] from `function(*args)`: a dict, or (name, figures) pairs, each saved as
+        it comes; an exception becomes {"error": …}."""
         self.results[key] = part = {}
         try:
             produced = function(*args)
-            if isinstance(produced, dict):
-                part.update(produced)
-            else:
-                for name, figures in produced:
-                    part[name] = figures
-                    self.saved()
+            for name, figures in produced.items() if isinstance(produced, dict) else produced:
+                part[name] = figures
+                self.saved()
         except Exception as err:
             self.results[key] = {"error": describe_error(err)}
             status(f"{key} failed: {self.results[key]['error']}")
             traceback.print_exc(file=sys.stderr)
         self.saved()
 
-    def skip_or_run(self, key, wanted, why_not, measure):
+    def real_data_section(self, key, wanted, why_not, measure):
         """Run `measure()`, a section that needs real MNIST, or record why it did not run."""
-        if not wanted:
-            self.results[key] = {"skipped": why_not}
-        elif self.data_root is None:
-            self.results[key] = {"skipped": self.data_problem}
-        else:
-            self.section(key, measure)
+        if wanted and self.data_root is not None:
+            return self.section(key, measure)
+        self.results[key] = {"skipped": why_not if not wanted else self.data_problem}
 
     def splits(self):
         """(data root, train arrays, test arrays), read once."""
@@ -121,7 +111,11 @@ class Session:
         results["peak_gflop_per_second"] = peak = peak_gflops(results["peak_gemm"])
         torch.manual_seed(0)
         variants, skipped = build_variants(device, settings.variants)
-        results["variants"] = variant_table(variants, skipped)
+        results["variants"] = {name: {"framework": name.split("-")[0], "status": "ok",
+                                      "description": VARIANTS[name]} for name in variants}
+        results["variants"].update({name: {"framework": name.split("-")[0], "status": "skipped",
+                                           "description": VARIANTS[name], "reason": reason}
+                                    for name, reason in skipped.items()})
         for key in ("train", "inference"):
             self.section(key, per_batch, device, variants, settings, key, flops, peak)
         if "error" not in results["inference"]:
@@ -134,18 +128,18 @@ class Session:
     def real_data(self):
         """End to end, time to accuracy, the CLIs: the sections that train on real MNIST."""
         device, settings, results = self.device, self.settings, self.results
-        self.skip_or_run("end_to_end", settings.epoch, "--no-epoch", lambda: (
+        self.real_data_section("end_to_end", settings.epoch, "--no-epoch", lambda: (
             training.measure_end_to_end(device, settings, self.splits())))
         e2e = results["end_to_end"]
         if not {"error", "skipped"} & set(e2e) and "error" not in results["train"]:
             training.beside_isolated(e2e, results["train"])
-        self.skip_or_run("time_to_accuracy", settings.time_to_accuracy,
-                         "run with --time-to-accuracy",
-                         lambda: training.measure_time_to_accuracy(device, self.splits()))
+        self.real_data_section(
+            "time_to_accuracy", settings.time_to_accuracy, "run with --time-to-accuracy",
+            lambda: training.measure_time_to_accuracy(device, self.splits()))
         cli = settings.cli if settings.cli is not None else device.kind == "gpu"
-        self.skip_or_run("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
-                         "framework: minutes)" if settings.cli is None else "--no-cli",
-                         lambda: training.measure_cli(device, settings, self.data_root))
+        self.real_data_section("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
+                               "framework: minutes)" if settings.cli is None else "--no-cli",
+                               lambda: training.measure_cli(device, settings, self.data_root))
 
     def finish(self):
         env = self.results["environment"]

@@ -1,7 +1,6 @@
-"""Training as users run it, on real MNIST: one epoch through the CLIs' loop in this process
-(`mnist_common.loop`), the same loop stopped at the first epoch that reaches 98.5 % test
-accuracy, the training CLIs as fresh processes (`--cli`), and data-parallel scaling
-(`run.py scaling`: the CLIs on 1 and N processes / devices)."""
+"""Training as users run it, on real MNIST: the CLIs' loop (`mnist_common.loop`) in this process
+for one epoch, and stopped at the first epoch that reaches 98.5 % test accuracy; the training
+CLIs as fresh processes (`--cli`) and on 1 and N processes / devices (`run.py scaling`)."""
 
 import dataclasses
 import json
@@ -14,9 +13,14 @@ from pathlib import Path
 
 from benchmarks import REPO
 from benchmarks.environment import memory
-from benchmarks.harness import last_line, run_process
-from benchmarks.timing import OtherLoad, describe_error, status, wait_for_quiet
-from benchmarks.variants import BACKENDS, DEFAULT_VARIANT, TUTORIAL
+from benchmarks.harness import (
+    OtherLoad,
+    describe_error,
+    run_process,
+    status,
+    wait_for_quiet,
+)
+from benchmarks.isolated import BACKENDS, DEFAULT_VARIANT, TUTORIAL
 from mnist_common import data, loop
 from mnist_common.config import PRECISIONS, Config
 from mnist_common.errors import DataError, UsageError
@@ -37,36 +41,35 @@ def prepare_data(quick):
 
 
 def frameworks(device):
-    return [name for name in ("torch", "flax") if getattr(device, name) is not None]
+    return [name for name in BACKENDS if getattr(device, name) is not None]
 
 
 class Run(loop.TrainingRun):
-    """The CLIs' training run, in a temp dir that goes with it: a stop leaves no checkpoint
-    and prints no `--resume` command."""
+    """The CLIs' training run, in a temp dir that goes with it: a stop (Ctrl-C, SIGTERM) leaves
+    no checkpoint and prints no `--resume` command; with `until_target`, it ends after the
+    first epoch whose test accuracy (the loop's own evaluation, not timed) reaches the target."""
+
+    until_target = False
 
     def stop(self, signum):
         raise SystemExit(128 + signum)
 
-
-class UntilTarget(Run):
-    """The same, ended after the first epoch whose test accuracy reaches the target (its
-    evaluation is the loop's own, after the epoch's clock has stopped)."""
-
     def train_epoch(self, stop_requests, bar):
         stopping = super().train_epoch(stop_requests, bar)
         epochs = self.progress["epochs"]
-        if epochs and epochs[-1]["test_accuracy"] >= TARGET_ACCURACY:
+        if self.until_target and epochs and epochs[-1]["test_accuracy"] >= TARGET_ACCURACY:
             self.total_steps = self.progress["global_step"]
         return stopping
 
 
-def train_in_loop(device, framework, config, splits, run_class=Run):
-    """One run of the CLIs' loop on the benchmark's placement, into a temp dir: (metrics,
-    wall seconds, others' CPU share). `splits` = (data root, train arrays, test arrays)."""
+def train_in_loop(device, framework, config, splits, until_target=False):
+    """One run of the CLIs' loop on the benchmark's placement, in a temp dir: (metrics, wall
+    seconds, others' CPU share). `splits` = (data root, train arrays, test arrays)."""
     backend, placement = BACKENDS[framework], getattr(device, framework)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         config = dataclasses.replace(config, out_dir=tmp, progress=False)
-        run = run_class(config, backend, placement, splits)
+        run = Run(config, backend, placement, splits)
+        run.until_target = until_target
         state = backend.create_train_state(config, placement)
         other_load = OtherLoad()
         metrics = run.train(state, Path(tmp), None)
@@ -76,19 +79,17 @@ def train_in_loop(device, framework, config, splits, run_class=Run):
 def measure_end_to_end(device, settings, splits):
     """Yields (framework, figures) of one epoch (--quick: QUICK_STEPS steps) through the loop."""
     max_steps = QUICK_STEPS if settings.quick else None
-    config = Config(epochs=1, max_steps=max_steps, data_dir=str(splits[0]),
-                    device=DEVICE_FLAG[device.kind], precision=settings.precision)
+    config = Config(epochs=1, max_steps=max_steps, precision=settings.precision)
     for framework in frameworks(device):
         status(f"[{device.kind}] end to end, {framework}: the CLIs' loop, 1 epoch"
                + (f", {max_steps} steps" if max_steps else ""))
         wait_for_quiet(settings.wait_quiet)
         metrics, wall, load = train_in_loop(device, framework, config, splits)
         yield framework, {
-            "variant": DEFAULT_VARIANT[framework], "steps": metrics["steps"],
-            "complete_epoch": max_steps is None, "train_seconds": metrics["train_seconds"],
-            "train_images_per_second": metrics["train_images_per_second"],
-            "test_accuracy": metrics["test_accuracy"], "wall_seconds": wall,
-            "other_load": load, "memory": memory(device)}
+            "variant": DEFAULT_VARIANT[framework], "complete_epoch": max_steps is None,
+            **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
+                                       "test_accuracy")},
+            "wall_seconds": wall, "other_load": load, "memory": memory(device)}
         status(f"[{device.kind}]   {framework}: {metrics['train_seconds']:.1f} s, "
                f"{metrics['train_images_per_second']:.0f} images/s, test accuracy "
                f"{100 * metrics['test_accuracy']:.2f} %")
@@ -101,7 +102,6 @@ def beside_isolated(end_to_end, train, batch_size=TUTORIAL.batch_size):
         rate = isolated.get("images_per_second", {}).get("median")
         entry["isolated_step_images_per_second"] = rate
         entry["end_to_end_vs_isolated"] = entry["train_images_per_second"] / rate if rate else None
-    return end_to_end
 
 
 def measure_time_to_accuracy(device, splits, config=TUTORIAL):
@@ -109,7 +109,7 @@ def measure_time_to_accuracy(device, splits, config=TUTORIAL):
     included) until test accuracy >= TARGET_ACCURACY or `config.epochs`."""
     for framework in frameworks(device):
         status(f"[{device.kind}] time to {100 * TARGET_ACCURACY:.1f} %, {framework}")
-        metrics, _, load = train_in_loop(device, framework, config, splits, UntilTarget)
+        metrics, _, load = train_in_loop(device, framework, config, splits, until_target=True)
         epochs = [{k: e[k] for k in ("epoch", "train_seconds", "test_accuracy")}
                   for e in metrics["epochs"]]
         reached = epochs[-1]["test_accuracy"] >= TARGET_ACCURACY
@@ -125,24 +125,21 @@ def measure_time_to_accuracy(device, splits, config=TUTORIAL):
 def keep_gpu_memory_free():
     """This process's JAX allocates as it goes (not 75 % up front), so a CLI beside it fits;
     the CLI processes get the environment as it was."""
-    name = "XLA_PYTHON_CLIENT_PREALLOCATE"
-    if name not in os.environ:
-        _PREALLOCATION[name] = None
-        os.environ[name] = "false"
-
-
-def child_environment(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in _PREALLOCATION}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return {**env, **extra}
+    if "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
+        _PREALLOCATION["XLA_PYTHON_CLIENT_PREALLOCATE"] = None
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 
 def run_training_cli(words, out_dir, env=None):
     """A training CLI as a fresh process: (its metrics.json, process seconds); a failure is a
-    UsageError with its last line."""
-    done, seconds = run_process(words, env or child_environment(), timeout=CLI_TIMEOUT_S)
+    UsageError with its exit status and last line."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k not in _PREALLOCATION}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done, seconds = run_process(words, env, timeout=CLI_TIMEOUT_S)
     if done.returncode != 0:
-        raise UsageError(last_line(done))
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UsageError(f"exit status {done.returncode}: {last}"[:500])
     return json.loads((Path(out_dir) / "metrics.json").read_text()), seconds
 
 
@@ -161,31 +158,26 @@ def cli_figures(framework, device, precision, settings, data_root):
                             data_root)
         other_load = OtherLoad()
         metrics, process_seconds = run_training_cli(words, Path(tmp) / "run")
-    full = not settings.quick and metrics["config"]["epochs"] == 10
-    return {
-        "command": shlex.join(["python", *words[1:]]).replace(tmp, "<tmp>"),
-        "steps": metrics["steps"], "epochs": metrics["config"]["epochs"],
-        "train_seconds": metrics["train_seconds"],
-        "ten_epoch_train_seconds": metrics["train_seconds"] if full else None,
-        "process_seconds": process_seconds,
-        # The CLI's first dispatch (compile or capture, and that dispatch's steps).
-        "first_call_seconds": metrics.get("first_call_seconds") or 0.0,
-        "first_call_recorded": metrics.get("first_call_seconds") is not None,
-        "train_images_per_second": metrics["train_images_per_second"],
-        "test_accuracy": metrics["test_accuracy"], "other_load": other_load.stop()}
+    first_call = metrics.get("first_call_seconds")  # the first dispatch: compile + its steps
+    return {"command": shlex.join(["python", *words[1:]]).replace(tmp, "<tmp>"),
+            "epochs": metrics["config"]["epochs"], "process_seconds": process_seconds,
+            **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
+                                       "test_accuracy")},
+            "ten_epoch_train_seconds": None if settings.quick or metrics["config"]["epochs"] != 10
+            else metrics["train_seconds"], "first_call_seconds": first_call or 0.0,
+            "first_call_recorded": first_call is not None, "other_load": other_load.stop()}
 
 
 def measure_cli(device, settings, data_root):
     """Yields (framework, {precision: figures}): every precision on a GPU, the chosen one on a
     CPU (float32 there either way)."""
-    precisions = PRECISIONS if device.kind == "gpu" else (settings.precision,)
     if device.kind == "gpu" and device.torch is not None:
         import torch
 
         torch.cuda.empty_cache()
     for framework in frameworks(device):
         runs = {}
-        for precision in precisions:
+        for precision in PRECISIONS if device.kind == "gpu" else (settings.precision,):
             status(f"[{device.kind}] CLI, {framework}, --precision {precision}")
             try:
                 runs[precision] = cli_figures(framework, device, precision, settings, data_root)
@@ -194,31 +186,21 @@ def measure_cli(device, settings, data_root):
             yield framework, runs
 
 
-def scaling_command(framework, count, device, steps, out_dir):
-    """(words, environment) of one scaling point: the CLI on `count` processes / devices."""
-    flags = ["--max-steps", str(steps), "--no-progress", "--device", device,
-             "--out-dir", str(out_dir)]
-    env = child_environment()
-    if framework == "torch":
-        if count == 1:
-            return [sys.executable, "-m", "torch_impl.train", *flags], env
+def scaling_point(framework, count, device, steps, out_dir):
+    """One real training run at global batch 256 on `count` processes (torchrun) / devices."""
+    words = [sys.executable, "-m", f"{framework}_impl.train", "--max-steps", str(steps),
+             "--no-progress", "--device", device, "--out-dir", str(out_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if framework == "torch" and count > 1:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={count}", "-m", "torch_impl.train", *flags], env
-    if device == "cpu":
+        words[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
+                      "-m"]
+    elif framework == "flax" and device == "cpu":
         env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
                             f"--xla_force_host_platform_device_count={count}").strip()
-    else:
+    elif framework == "flax":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(count)))
-    return [sys.executable, "-m", "flax_impl.train", *flags], env
-
-
-def scaling_point(framework, count, device, steps, scratch):
-    """One real training run at global batch 256 on `count` processes / devices."""
-    out_dir = Path(scratch) / f"{framework}-{count}"
-    words, env = scaling_command(framework, count, device, steps, out_dir)
-    status(f"scaling: {framework} on {count} "
-           f"{'process' if framework == 'torch' else 'device'}{'s' if count > 1 else ''}")
+    status(f"scaling: {framework} on {count} {'processes' if framework == 'torch' else 'devices'}")
     try:
         metrics, _ = run_training_cli(words, out_dir, env)
     except UsageError as err:
@@ -232,5 +214,5 @@ def scaling_point(framework, count, device, steps, scratch):
 def measure_scaling(device, steps, counts):
     """Both frameworks on each count, in a scratch dir: the rows of scaling-<device>.json."""
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as scratch:
-        return [scaling_point(framework, count, device, steps, scratch)
-                for framework in ("torch", "flax") for count in counts]
+        return [scaling_point(framework, count, device, steps, Path(scratch) / f"{framework}-"
+                              f"{count}") for framework in ("torch", "flax") for count in counts]

@@ -169,7 +169,7 @@ def test_quick_run_memory_and_skips(quick):
 
 def test_flax_xla_defaults_runs_where_the_engine_differs(quick):
     device = _import("environment").find_devices("cpu", "highest")[0]
-    assert _import("variants").flax_engine_differs(device.flax)  # the CPU: xla_cpu applies
+    assert _import("isolated").flax_engine_differs(device.flax)  # the CPU: xla_cpu applies
     assert quick[0]["variants"]["flax-xla-defaults"]["status"] == "ok"
 
 
@@ -197,7 +197,7 @@ def test_time_to_accuracy_on_tiny_data():
     """The time-to-accuracy path, the CLIs' loop on 40 random images in batches of 16 (last
     batch 8): every epoch recorded until the target or the last epoch."""
     device = _import("environment").find_devices("cpu", "highest")[0]
-    config = _import("variants").Config(batch_size=16, epochs=2)
+    config = _import("isolated").Config(batch_size=16, epochs=2)
     training = _import("training")
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
     for name in ("torch-eager", "flax-jit"):
@@ -215,7 +215,7 @@ def test_time_to_accuracy_stops_at_the_target(monkeypatch):
     training = _import("training")
     monkeypatch.setattr(training, "TARGET_ACCURACY", 0.0)
     device = _import("environment").find_devices("cpu", "highest")[0]
-    config = _import("variants").Config(batch_size=16, epochs=3)
+    config = _import("isolated").Config(batch_size=16, epochs=3)
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
     for result in tta.values():
         assert result["reached"] and result["epochs_to_target"] == 1
@@ -224,20 +224,22 @@ def test_time_to_accuracy_stops_at_the_target(monkeypatch):
 
 
 def test_plain_flax_step_is_the_engines_step():
-    """flax-xla-defaults jits `variants.plain_train_step`: one step of it equals the engine's
-    train_step from the same state and batch (only the compiler options differ)."""
+    """flax-xla-defaults jits `plain_train_step` plainly; under the engine's compiler options
+    (`flax_impl.xla_cpu.jit`) it is the engine's train_step, bit for bit."""
     import jax
 
-    variants = _import("variants")
+    from flax_impl import xla_cpu
+
+    isolated = _import("isolated")
     device = _import("environment").find_devices("cpu", "highest")[0]
-    engine = variants.flax_variant("flax-jit", device)
-    batch = variants.placed_batch(engine, 32)
-    state, metrics = variants.flax_backend.train_step(engine.state, batch)
-    plain_state, plain_metrics = jax.jit(variants.plain_train_step)(engine.state, batch)
-    assert abs(float(metrics["loss"]) - float(plain_metrics["loss"])) < 1e-6
+    engine = isolated.flax_variant("flax-jit", device)
+    batch = isolated.placed_batch(engine, 32)
+    state, metrics = isolated.flax_backend.train_step(engine.state, batch)
+    plain_state, plain_metrics = xla_cpu.jit(isolated.plain_train_step)(engine.state, batch)
+    assert float(metrics["loss"]) == float(plain_metrics["loss"])
     for a, b in zip(jax.tree_util.tree_leaves(state.params),
                     jax.tree_util.tree_leaves(plain_state.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _git_status(path):

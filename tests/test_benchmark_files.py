@@ -97,8 +97,7 @@ def test_sigterm_exits_143_and_leaves_the_out_dir_as_it_was(complete):
     with _start(complete) as process:
         status, lines = _signal_after(process, "FLOP count", signal.SIGTERM)
     assert status == 143, "\n".join(lines[-20:])
-    assert lines[-1] == ("benchmarks/run.py: stopped by SIGTERM before a figure was measured; "
-                         "nothing written")
+    assert lines[-1] == "benchmarks/run.py: stopped by SIGTERM; nothing written"
     assert _snapshot(complete) == before
 
 
@@ -164,6 +163,13 @@ def test_render_of_a_file_that_is_not_a_result_is_one_line(tmp_path, content):
         with pytest.raises(errors.UsageError, match="not a complete results file"):
             _import("cli").render(tmp_path / "X.json")
     assert _snapshot(tmp_path) == {"X.json": content}
+
+
+def test_render_of_a_missing_file_says_so(tmp_path):
+    errors = __import__("mnist_common.errors", fromlist=["x"])
+    with pytest.raises(errors.UsageError, match=r"X\.json: no such file$"):
+        _import("cli").render(tmp_path / "X.json")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_render_names_outputs_after_the_json_and_keeps_a_users_files(tmp_path, capsys):
