@@ -83,8 +83,8 @@ class Session:
             for name, figures in produced.items() if isinstance(produced, dict) else produced:
                 part[name] = figures
                 self.saved()
-        except Exception as err:
-            self.results[key] = {"error": describe_error(err)}
+        except Exception as err:  # what was measured before it stays beside the error
+            self.results[key] = {**part, "error": describe_error(err)}
             status(f"{key} failed: {self.results[key]['error']}")
             traceback.print_exc(file=sys.stderr)
         self.saved()

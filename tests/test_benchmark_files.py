@@ -185,3 +185,21 @@ def test_render_names_outputs_after_the_json_and_keeps_a_users_files(tmp_path, c
     with pytest.raises(errors.UsageError, match=r"X\.md is not this benchmark's output"):
         _import("cli").render(tmp_path / "X.json")
     assert (tmp_path / "X.md").read_text() == "my own X.md\n"
+
+
+def test_each_figure_is_saved_as_it_comes_and_kept_beside_a_failure(capsys):
+    """A section's figures reach the partial file one by one; a later failure keeps them."""
+    session_module = _import("session")
+    session = session_module.Session.__new__(session_module.Session)
+    saved = []
+    session.results, session.started, session.save = {}, 0.0, saved.append
+
+    def measure():
+        yield 64, {"torch-eager": {"seconds": 1.0}}
+        raise RuntimeError("out of memory")
+
+    session.section("train", measure)
+    assert saved[0]["train"] == {"64": {"torch-eager": {"seconds": 1.0}}}
+    assert saved[-1]["train"] == {"64": {"torch-eager": {"seconds": 1.0}},
+                                  "error": "RuntimeError: out of memory"}
+    assert "train failed: RuntimeError: out of memory" in capsys.readouterr().err
