@@ -1,75 +1,33 @@
-"""The command line of `python benchmarks/run.py`: flags -> Settings -> every device measured.
-
-What is measured, on every device present (the CPU always, the GPU when there is one), for each
-variant (`benchmarks.variants`), on the engines the training CLIs run:
-
-- training throughput (images/s) of the engine's train step — forward, cross-entropy, backward,
-  Adam update, the loss read back to the host as the training loop does — at batch 64, 256 (the
-  tutorial's) and 1024, on synthetic data placed by the engine;
-- inference throughput (the engine's logits) at batch 1, 256 and 10,000, and single-image latency;
-- the first call of every step (compile / jit / autotune), reported on its own;
-- achieved GFLOP/s and its share of this device's float32 GEMM rate, measured in the same run;
-- every conv and linear layer alone at batch 256, forward and forward+backward;
-- end to end: one real MNIST epoch through `mnist_common.loop.train_and_evaluate`, per framework;
-- with `--cli` (by default on a GPU): the training CLIs as fresh processes, 10 epochs each;
-- with `--time-to-accuracy`: training seconds until test accuracy >= 98.5 %;
-- peak host RSS, device memory, and beside every figure the share of the CPUs other processes took.
-
-Results go to `<out-dir>/<device>.{json,md,png}`, written atomically (`--quick`: a new scratch
-directory unless `--out-dir` is given). The numbers say which machine made them; nothing here is
-typed in by hand.
-"""
+"""The command line of `python benchmarks/run.py`: flags -> settings -> every device measured
+(`benchmarks.session`), the results published once a device is complete (`benchmarks.harness`
+says what may be replaced); `--render` writes a report from a results JSON; `run.py scaling`
+runs the training CLIs on 1 and N processes / devices."""
 
 import argparse
-import dataclasses
-import json
+import datetime
 import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import PROG, end_to_end
-from benchmarks.accuracy import TARGET_ACCURACY
+from benchmarks import PROG, REPO, harness, training
 from benchmarks.environment import find_devices
-from benchmarks.plot import write_json, write_reports
-from benchmarks.session import SCHEMA, run_device
-from benchmarks.timing import status
-from benchmarks.variants import TUTORIAL, VARIANTS
+from benchmarks.harness import describe_error, status
+from benchmarks.isolated import TUTORIAL, VARIANTS
+from benchmarks.report import markdown, plot, scaling_markdown
+from benchmarks.session import run_device
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.config import PRECISIONS, positive_int
 from mnist_common.errors import ArgumentParser, UsageError
+from mnist_common.fileio import say, write_text_atomic
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = "benchmarks/results"  # under the repository root, wherever it is run from
+RESULTS_DIR = REPO / "benchmarks" / "results"  # wherever it is run from
 TRAIN_BATCH_SIZES = (64, 256, 1024)
 INFERENCE_BATCH_SIZES = (1, 256, 10_000)
 LAYER_BATCH_SIZE = 256  # the tutorial's batch size
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """What to run; built from the command line."""
-
-    devices: tuple  # ("cpu",), ("gpu",) or ("all",)
-    variants: tuple
-    train_batch_sizes: tuple
-    inference_batch_sizes: tuple
-    layer_batch_size: int
-    repeats: int  # timed windows per measurement
-    window_seconds: float  # a window lasts at least this long ...
-    min_steps: int  # ... and holds at least this many calls
-    warmup_steps: int  # untimed calls after the first one
-    wait_quiet: float  # before each measurement, wait up to this long for a quiet machine
-    layers: bool  # each conv/linear layer alone
-    epoch: bool  # the end-to-end epoch per framework
-    cli: bool | None  # the CLIs as processes; None: on a GPU only
-    time_to_accuracy: bool
-    precision: str  # --precision, passed to the engines' select_placement
-    quick: bool
-    out_dir: Path
-    render: str | None  # --render: no measurement, only reports from this JSON
 
 
 def non_negative_float(text):
@@ -82,22 +40,21 @@ def non_negative_float(text):
     return value
 
 
-def int_list(text):
-    """`64,256,1024` -> (64, 256, 1024); each at least 1."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of whole numbers")
-    return tuple(dict.fromkeys(positive_int(item) for item in items))
+def comma_list(item_type):
+    """An argparse type: `a,b,c` -> (a, b, c), each checked by `item_type`, duplicates dropped."""
+    def parse(text):
+        items = tuple(dict.fromkeys(item_type(i.strip()) for i in text.split(",") if i.strip()))
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return items
+    return parse
 
 
-def variant_list(text):
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if item not in VARIANTS]
-    if unknown or not items:
-        raise argparse.ArgumentTypeError(
-            f"unknown variant {unknown[0]!r} (choose from {', '.join(VARIANTS)})" if unknown
-            else "expected a comma-separated list of variants")
-    return tuple(dict.fromkeys(items))
+def variant(text):
+    if text not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"unknown variant {text!r} (choose from "
+                                         f"{', '.join(VARIANTS)})")
+    return text
 
 
 def add_selection_flags(parser):
@@ -112,165 +69,215 @@ def add_selection_flags(parser):
                              "(default: %(default)s)")
     parser.add_argument("--precision", choices=PRECISIONS, default="highest",
                         help="highest: true float32 convolutions and matmuls in both frameworks; "
-                             "tf32: both may use TF32 on a GPU (the engines' select_placement; "
-                             "a CPU computes float32 either way) (default: %(default)s)")
-    parser.add_argument("--batch-sizes", type=int_list, default=None, metavar="N,N,...",
+                             "tf32: both may use TF32 on a GPU (a CPU computes float32 either "
+                             "way) (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
                         help="training batch sizes (default: "
                              f"{','.join(map(str, TRAIN_BATCH_SIZES))}; --quick: 64)")
-    parser.add_argument("--inference-batch-sizes", type=int_list, default=None,
-                        metavar="N,N,...",
-                        help="inference batch sizes; batch 1 also gives the latency (default: "
-                             f"{','.join(map(str, INFERENCE_BATCH_SIZES))}; --quick: 1,256)")
-    parser.add_argument("--variants", type=variant_list, default=None, metavar="V,V,...",
+    parser.add_argument("--inference-batch-sizes", type=comma_list(positive_int),
+                        metavar="N,N,...", help="inference batch sizes; batch 1 also gives the "
+                        f"latency (default: {','.join(map(str, INFERENCE_BATCH_SIZES))}; "
+                        "--quick: 1,256)")
+    parser.add_argument("--variants", type=comma_list(variant), metavar="V,V,...",
                         help=f"which variants (default: {','.join(VARIANTS)}; --quick: all but "
                              "torch-compile); flax-xla-defaults runs only where the Flax engine "
                              "differs from a plain jax.jit of the stock module (the CPU)")
 
 
 def add_timing_flags(parser):
-    parser.add_argument("--repeats", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--repeats", type=positive_int, metavar="N",
                         help="timed windows per measurement (default: 5; --quick: 2)")
-    parser.add_argument("--window-seconds", type=non_negative_float, default=None, metavar="S",
+    parser.add_argument("--window-seconds", type=non_negative_float, metavar="S",
                         help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
-    parser.add_argument("--min-steps", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--min-steps", type=positive_int, metavar="N",
                         help="a timed window holds at least N calls (default: 1; --quick: 2)")
     parser.add_argument("--wait-quiet", type=non_negative_float, default=0.0, metavar="S",
                         help="before each measurement wait up to S seconds until other "
-                             "processes use < 10 %% of the CPUs (for shared machines; default: "
-                             "%(default)s)")
+                             "processes use < 10 %% of the CPUs (default: %(default)s)")
 
 
 def add_section_flags(parser):
-    parser.add_argument("--out-dir", default=None, metavar="DIR",
-                        help=f"where <device>.json, .md and .png go (default: {RESULTS_DIR}; "
-                             "--quick: a new scratch directory, printed)")
+    parser.add_argument("--out-dir", type=Path, metavar="DIR",
+                        help=f"where <device>.json, .md and .png go (default: "
+                             f"{RESULTS_DIR.relative_to(REPO)}; --quick: a new scratch "
+                             "directory); a file there that a benchmark run did not write is "
+                             "never replaced")
     parser.add_argument("--no-layers", dest="layers", action="store_false",
                         help="skip the per-layer timings")
     parser.add_argument("--no-epoch", dest="epoch", action="store_false",
                         help="skip the end-to-end MNIST epoch through the CLIs' loop")
-    parser.add_argument("--cli", action=argparse.BooleanOptionalAction, default=None,
-                        help="run the training CLIs as processes (python -m <framework>_impl."
-                             "train, 10 epochs, --quick: 2 steps) and time them from outside "
-                             "(default: on a GPU only; a CPU takes minutes)")
-    parser.add_argument("--render", metavar="JSON",
-                        help="measure nothing: rewrite the .md and .png beside a results JSON")
+    parser.add_argument("--cli", action=argparse.BooleanOptionalAction,
+                        help="run the training CLIs as processes (10 epochs, --quick: 2 steps) "
+                             "and time them from outside (default: on a GPU only)")
+    parser.add_argument("--render", metavar="X.json", type=Path,
+                        help="measure nothing: write X.md and X.png from a results JSON")
     parser.add_argument("--time-to-accuracy", action="store_true",
-                        help=f"also train (tutorial settings, up to {TUTORIAL.epochs} epochs, "
-                             f"batches placed on the device first) until "
-                             f"{100 * TARGET_ACCURACY:.1f} %% test accuracy; slow on a CPU")
-
-
-def build_parser():
-    parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
-                            "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
-                            "run.")
-    add_selection_flags(parser)
-    add_timing_flags(parser)
-    add_section_flags(parser)
-    return parser
-
-
-def out_dir_for(args):
-    """--out-dir, checked by writing into it; --quick without it: a new scratch directory."""
-    if args.out_dir is None and args.quick and not args.render:
-        path = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))
-        status(f"--quick: writing the results to the scratch directory {path}")
-        return path
-    path = Path(args.out_dir) if args.out_dir is not None else REPO / RESULTS_DIR
-    try:
-        if not args.render:
-            path.mkdir(parents=True, exist_ok=True)
-            tempfile.NamedTemporaryFile(dir=path, prefix=".probe-").close()
-    except OSError as err:
-        raise UsageError(f"--out-dir {args.out_dir}: cannot write there "
-                         f"({err.strerror or err})") from None
-    return path
+                        help=f"also train through the CLIs' loop (tutorial settings, up to "
+                             f"{TUTORIAL.epochs} epochs) until "
+                             f"{100 * training.TARGET_ACCURACY:.1f} %% test accuracy")
 
 
 def parse_settings(argv=None):
-    """Command line -> Settings (a bad value: a UsageError, one line and exit status 2)."""
-    args = build_parser().parse_args(argv)
-    quick = args.quick
+    """Command line -> settings, --quick's defaults filled in (a bad value: a UsageError)."""
+    parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
+                            "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
+                            "run.", epilog=f"{PROG} scaling --help: data-parallel scaling")
+    for add_flags in (add_selection_flags, add_timing_flags, add_section_flags):
+        add_flags(parser)
+    args = parser.parse_args(argv)
 
     def pick(value, normal, in_quick):
-        return value if value is not None else (in_quick if quick else normal)
+        return value if value is not None else (in_quick if args.quick else normal)
 
-    return Settings(
-        devices=("gpu",) if args.device == "cuda" else (args.device,),
-        variants=pick(args.variants, tuple(VARIANTS),
-                      tuple(v for v in VARIANTS if v != "torch-compile")),
-        train_batch_sizes=pick(args.batch_sizes, TRAIN_BATCH_SIZES, (64,)),
-        inference_batch_sizes=pick(args.inference_batch_sizes, INFERENCE_BATCH_SIZES, (1, 256)),
-        layer_batch_size=64 if quick else LAYER_BATCH_SIZE,
-        repeats=pick(args.repeats, 5, 2), window_seconds=pick(args.window_seconds, 0.5, 0.0),
-        min_steps=pick(args.min_steps, 1, 2), warmup_steps=1, wait_quiet=args.wait_quiet,
-        layers=args.layers, epoch=args.epoch, cli=args.cli,
-        time_to_accuracy=args.time_to_accuracy, precision=args.precision, quick=quick,
-        out_dir=out_dir_for(args), render=args.render)
+    args.devices = ("gpu",) if args.device == "cuda" else (args.device,)
+    args.variants = pick(args.variants, tuple(VARIANTS),
+                         tuple(v for v in VARIANTS if v != "torch-compile"))
+    args.train_batch_sizes = pick(args.batch_sizes, TRAIN_BATCH_SIZES, (64,))
+    args.inference_batch_sizes = pick(args.inference_batch_sizes, INFERENCE_BATCH_SIZES, (1, 256))
+    args.layer_batch_size = 64 if args.quick else LAYER_BATCH_SIZE
+    args.repeats, args.warmup_steps = pick(args.repeats, 5, 2), 1
+    args.window_seconds = pick(args.window_seconds, 0.5, 0.0)
+    args.min_steps = pick(args.min_steps, 1, 2)
+    return args
 
 
-def fresh_compile_caches():
-    """Point torch.compile's caches at a new temp dir, so first-call times are cold compiles."""
-    cache = tempfile.mkdtemp(prefix="bench-inductor-")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
-    return cache
+def parse_scaling(argv):
+    parser = ArgumentParser(prog=f"{PROG} scaling", description="Data-parallel scaling: the "
+                            "training CLIs' images/s on 1 and N processes (torchrun) or devices "
+                            "(a JAX mesh) at global batch 256 on real MNIST; on a CPU the N "
+                            "share the same cores (the cost of the split, not a speed-up). "
+                            "Writes scaling-<device>.json and .md.",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--devices", type=comma_list(positive_int), default="1,2",
+                        metavar="N,N,...", help="process / device counts to run")
+    parser.add_argument("--steps", type=positive_int, default=60, metavar="N",
+                        help="training steps per run (batch 256)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to train")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, metavar="DIR",
+                        help="where scaling-<device>.json and .md go")
+    return parser.parse_args(argv)
 
 
-def render(json_path):
-    """--render: rewrite the .md and .png beside a results JSON; print the Markdown."""
-    path = Path(json_path)
+def write_report(json_path, results):
+    """X.md, and X.png (no PNG without Matplotlib: `--render` it later), beside X.json; returns
+    the Markdown. Invalid results raise before anything is written."""
+    text = (markdown if results["schema"] == harness.SCHEMA else scaling_markdown)(results)
+    if results["schema"] == harness.SCHEMA:
+        try:
+            plot(results, json_path.with_name(f"{json_path.stem}.png"))
+        except ImportError as err:  # a bare GPU image may lack matplotlib
+            status(f"no PNG ({describe_error(err)}); run `{PROG} --render {json_path}` where it is")
+    write_text_atomic(json_path.with_name(f"{json_path.stem}.md"), text)
+    return text
+
+
+def render(path):
+    """--render X.json: X.md and X.png beside it (never over a file the benchmark did not
+    write); prints the Markdown."""
+    results, why = harness.read_results(path), "not a complete results file of this benchmark"
+    if results is None:
+        raise UsageError(f"--render {path}: " + (f"{why} (a JSON object written by {PROG})"
+                                                 if os.path.isfile(path) else "no such file"))
+    harness.refuse_strangers(path.parent, [f"{path.stem}.md", f"{path.stem}.png"], "--render")
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--render {json_path}: cannot read results ({err})") from None
-    if results.get("schema") != SCHEMA:
-        raise UsageError(f"--render {json_path}: not a {SCHEMA} results file")
-    print(write_reports(results, path.parent))
+        print(write_report(path, results))
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError, StopIteration):
+        raise UsageError(f"--render {path}: {why} (a JSON object written by {PROG})") from None
+    except OSError as err:
+        raise UsageError(f"--render {path}: cannot write its report beside it "
+                         f"({err.strerror or err})") from None
 
 
-def stop_on_sigterm(signum, frame):
-    """SIGTERM (as from `timeout`) stops the run like Ctrl-C: finished sections are kept."""
-    raise KeyboardInterrupt
+def publish(out_dir, results, partial):
+    """A device's complete results: <device>.json, .md and .png, then the partial file goes."""
+    path = out_dir / f"{results['device']}.json"
+    try:
+        harness.refuse_strangers(out_dir, [path.name, f"{path.stem}.md", f"{path.stem}.png"])
+    except UsageError as err:
+        raise UsageError(f"{err}; the results are in {partial}") from None
+    harness.write_json(path, results)
+    text = write_report(path, results)
+    partial.unlink(missing_ok=True)
+    status(f"wrote {out_dir / results['device']}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
+    print(text)
 
 
-def measure_devices(settings, latest):
-    """Every device in turn; the results of each written and printed when it is done."""
+def run_benchmark(settings, partials):
+    """Devices found and the out-dir checked, both before it is created; every device measured,
+    each finished figure in <device>.partial.json (listed in `partials`), the results published
+    when the device is complete. A directory this run created and left empty is removed."""
+    keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
     if settings.cli is not False and settings.devices != ("cpu",):
-        end_to_end.keep_gpu_memory_free()  # before JAX starts on the GPU
+        training.keep_gpu_memory_free()  # before JAX starts on the GPU
     devices = find_devices(settings.devices[0], settings.precision)
-    data_root, data_problem = None, "--no-epoch, no --time-to-accuracy, --no-cli"
-    if settings.epoch or settings.time_to_accuracy or settings.cli is not False:
-        data_root, data_problem = end_to_end.prepare_data(settings.quick)
+    if settings.out_dir is None and settings.quick:
+        out_dir = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))  # outside the repository
+        created = [out_dir]
+        status(f"--quick: writing the results to the scratch directory {out_dir}")
+    else:
+        out_dir = settings.out_dir or RESULTS_DIR
+        created = harness.prepare_out_dir(out_dir, [name for device in devices for name in
+                                                    harness.output_names(device.slug())])
+    cache = tempfile.mkdtemp(prefix="bench-inductor-")  # first calls are cold compiles
+    os.environ.update(TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=f"{cache}/triton")
+    try:
+        data_root, data_problem = None, "--no-epoch, no --time-to-accuracy, --no-cli"
+        if settings.epoch or settings.time_to_accuracy or settings.cli is not False:
+            data_root, data_problem = training.prepare_data(settings.quick)
+        for device in devices:
+            partial = out_dir / f"{device.slug()}.partial.json"
 
-    def save(results):
-        latest["results"] = results
-        write_json(results, settings.out_dir)
+            def save(results, partial=partial):
+                harness.write_json(partial, results)
+                if partial not in partials:
+                    partials.append(partial)
 
-    for device in devices:
-        latest.clear()
-        results = run_device(device, settings, data_root, data_problem, save)
-        write_json(results, settings.out_dir)
-        text = write_reports(results, settings.out_dir)
-        status(f"wrote {settings.out_dir / results['device']}.{{json,md,png}} "
-               f"({results['wall_seconds']:.0f} s)")
-        print(text)
+            publish(out_dir, run_device(device, settings, data_root, data_problem, save), partial)
+            partials[:] = [p for p in partials if p != partial]  # published: no longer partial
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        harness.remove_if_empty(created)
+
+
+def run_scaling(args, argv):
+    """`run.py scaling`: the training CLIs on each count; scaling-<device>.json and .md."""
+    stem = f"scaling-{args.device}"
+    created = harness.prepare_out_dir(args.out_dir, [f"{stem}.json", f"{stem}.md"])
+    try:
+        rows = training.measure_scaling(args.device, args.steps, sorted(args.devices))
+    except BaseException:
+        harness.remove_if_empty(created)
+        raise
+    results = {"schema": harness.SCALING_SCHEMA, "command": " ".join([PROG, "scaling", *argv]),
+               "device": args.device, "steps": args.steps, "counts": sorted(args.devices),
+               "rows": rows, "date": datetime.date.today().isoformat()}
+    harness.write_json(args.out_dir / f"{stem}.json", results)
+    print(write_report(args.out_dir / f"{stem}.json", results))
+
+
+def stopped_line(signum, partials):
+    """The one line a stopped run leaves: the signal, and where what it measured is."""
+    name = signal.Signals(signum).name
+    if not partials:
+        return f"{PROG}: stopped by {name}; nothing written"
+    return (f"{PROG}: stopped by {name}; what it measured is in {', '.join(map(str, partials))} "
+            f"(`{PROG} --render {partials[-1]}` makes its report); no complete result was "
+            f"replaced")
 
 
 def main(argv=None):
-    settings = parse_settings(argv)
-    if settings.render:
-        return render(settings.render)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
-    cache = fresh_compile_caches()
-    latest = {}  # the last saved results, rendered if the run is interrupted
+    argv = list(sys.argv[1:] if argv is None else argv)
+    scaling = argv[:1] == ["scaling"]
+    args = parse_scaling(argv[1:]) if scaling else parse_settings(argv)
+    if not scaling and args.render:
+        return render(args.render)
+    harness.handle_sigterm()  # SIGTERM exits 143, SIGINT 130, as the training CLIs do
+    partials = []
     try:
-        measure_devices(settings, latest)
-    except KeyboardInterrupt:
-        if "results" in latest:
-            write_reports(latest["results"], settings.out_dir)
-            status(f"interrupted: partial results in {settings.out_dir}")
-        raise SystemExit(130) from None
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        return run_scaling(args, argv[1:]) if scaling else run_benchmark(args, partials)
+    except BaseException as err:
+        signum = harness.stop_signal(err)
+        if signum is None:
+            raise
+        say(stopped_line(signum, partials))
+        raise SystemExit(128 + signum) from None

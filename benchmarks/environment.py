@@ -7,7 +7,6 @@ import os
 import platform
 import re
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +14,16 @@ from pathlib import Path
 import jax
 import torch
 
+from benchmarks.harness import run_process
 from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError
 from torch_impl import backend as torch_backend
+
+PACKAGES = ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "numpy", "matplotlib")
+ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
+               "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES", "GLIBC_TUNABLES")
 
 
 @dataclasses.dataclass
@@ -46,6 +50,7 @@ class Device:
         return self.flax.device.device_kind
 
     def slug(self):
+        """The stem of this device's results files: `cpu`, `gpu-nvidia-h100-80gb-hbm3`."""
         if self.kind == "cpu":
             return "cpu"
         return "gpu-" + re.sub(r"[^a-z0-9]+", "-", self.name().lower()).strip("-")
@@ -54,10 +59,9 @@ class Device:
 def _placement(backend, device, precision):
     """The engine's placement on `device` with one device (a benchmark times one), or None."""
     try:
-        placement = backend.select_placement(device, precision)
+        return backend.select_placement(device, precision)._replace(group=None)
     except UsageError:
         return None
-    return placement._replace(group=None)
 
 
 def find_devices(requested, precision):
@@ -88,29 +92,21 @@ def cpu_model():
 
 
 def package_versions():
-    """Installed versions of everything that can change a timing."""
-    names = ["torch", "torchvision", "jax", "jaxlib", "flax", "optax", "numpy", "matplotlib"]
+    """Installed versions of everything that can change a timing, jax's GPU plugins too."""
     versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    for dist in importlib.metadata.distributions():  # jax's CUDA plugins, if any
-        name = dist.metadata["Name"] or ""
-        if name.lower().startswith(("jax-cuda", "jax_cuda", "jax-rocm")):
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name in PACKAGES or name.startswith(("jax-cuda", "jax_cuda", "jax-rocm")):
             versions[name] = dist.version
-    return versions
+    return {**versions, **{name: versions.get(name) for name in PACKAGES}}
 
 
 def nvidia_driver():
     """The NVIDIA driver version from nvidia-smi, or None."""
-    if shutil.which("nvidia-smi") is None:
-        return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True)
-        return out.stdout.strip().splitlines()[0]
+        done, _ = run_process(["nvidia-smi", "--query-gpu=driver_version",
+                               "--format=csv,noheader"], timeout=30)
+        return done.stdout.strip().splitlines()[0] if done.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
 
@@ -122,50 +118,35 @@ def load_average():
 def environment(device):
     """Hardware, threads, versions and settings that a reader needs to trust the numbers."""
     env = {
-        "versions": package_versions(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "versions": package_versions(), "platform": platform.platform(),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "jax_backend": jax.default_backend(),
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-        "env": {k: os.environ.get(k) for k in (
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-            "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES", "GLIBC_TUNABLES")},
+        "env": {k: os.environ.get(k) for k in ENVIRONMENT},
         # Applied by the benchmark's main as by the training CLIs; idempotent, so asking again
         # records whether it holds here.
         "malloc_keeps_freed_memory": keep_freed_memory(),
         "load_average": load_average(),
-        "flax_model": describe_flax_model(device.flax) if device.flax is not None else None,
-    }
+        "flax_model": describe_flax_model(device.flax) if device.flax is not None else None}
     if device.kind == "gpu":
-        env.update({
-            "gpu_name": device.name(),
-            "nvidia_driver": nvidia_driver(),
+        env.update({  # the TF32 switches as --precision set them through select_placement
+            "gpu_name": device.name(), "nvidia_driver": nvidia_driver(),
             "torch_cuda": torch.version.cuda,
             "torch_cudnn": torch.backends.cudnn.version() if device.torch is not None else None,
-            # As --precision set them through the engines' select_placement.
             "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
             "torch_cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "jax_device_kind": device.flax.device.device_kind if device.flax else None,
-        })
+            "jax_device_kind": device.flax.device.device_kind if device.flax else None})
     return env
-
-
-def describe_callable(function):
-    """`module.name` of a function, or `stock` for None (the Flax/lax default)."""
-    if function is None:
-        return "stock"
-    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
 
 
 def describe_flax_model(placement):
     """Which pooling the engine's model uses on this placement, and its compiler options."""
-    model = flax_backend.create_model(placement)
-    return {"max_pool": describe_callable(model.max_pool),
+    pool = flax_backend.create_model(placement).max_pool
+    return {"max_pool": "stock" if pool is None else f"{pool.__module__}.{pool.__qualname__}",
             "compiler_options": xla_cpu.COMPILER_OPTIONS if placement.device.platform == "cpu"
             else {}}
 
@@ -175,12 +156,11 @@ def memory(device):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {"host_peak_rss_bytes": rss if sys.platform == "darwin" else rss * 1024,
            "torch_device_peak_bytes": None, "jax_device_peak_bytes": None}
-    if device.kind == "gpu":
-        if device.torch is not None:
-            out["torch_device_peak_bytes"] = torch.cuda.max_memory_allocated(device.torch.device)
-        if device.flax is not None:
-            stats = device.flax.device.memory_stats() or {}
-            out["jax_device_peak_bytes"] = stats.get("peak_bytes_in_use")
+    if device.kind == "gpu" and device.torch is not None:
+        out["torch_device_peak_bytes"] = torch.cuda.max_memory_allocated(device.torch.device)
+    if device.kind == "gpu" and device.flax is not None:
+        out["jax_device_peak_bytes"] = (device.flax.device.memory_stats() or {}).get(
+            "peak_bytes_in_use")
     return out
 
 

@@ -7,7 +7,8 @@
 # (GPU and CPU), results/tf32/<gpu>.{json,md,png} (--precision tf32, the CLIs included),
 # results/compile/<gpu>.{json,md,png} (torch.compile vs eager on the GPU).
 # Each part has its own time limit and the session goes on when one fails. A part stopped by
-# its limit gets SIGTERM first, so benchmarks/run.py keeps the sections it finished.
+# its limit gets SIGTERM first: benchmarks/run.py then exits 143 and keeps every figure it
+# measured in results/<device>.partial.json (render it with --render, like a complete one).
 # The image may lack matplotlib; then render the PNGs at home:
 #   python benchmarks/run.py --render results/<device>.json
 set -u

@@ -1,8 +1,12 @@
-"""The results as Markdown: throughput with ratios, first calls, layers, end to end, memory."""
+"""The results as Markdown (throughput with ratios, first calls, layers, end to end, memory) and
+as a figure (training and inference images/s per batch size and variant)."""
 
-from benchmarks.accuracy import TARGET_ACCURACY
-from benchmarks.timing import fmt_share, windows_load
-from benchmarks.variants import BASELINE
+import numpy as np
+
+from benchmarks.harness import fmt_share, windows_load
+from benchmarks.isolated import BASELINE
+from benchmarks.training import TARGET_ACCURACY
+from mnist_common.fileio import atomic_path
 
 BUSY_WARNING = 0.05  # other processes above this share of the CPUs: the figure is suspect
 
@@ -12,9 +16,8 @@ def fmt_rate(stats):
 
 
 def fmt_ms(stats):
-    if "error" in stats:
-        return "failed"
-    return f"{stats['median']:.3g} ({stats['min']:.3g}–{stats['max']:.3g})"
+    return "failed" if "error" in stats else (
+        f"{stats['median']:.3g} ({stats['min']:.3g}–{stats['max']:.3g})")
 
 
 def fmt_load(load):
@@ -23,16 +26,7 @@ def fmt_load(load):
 
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def ratio(section, batch, name, key="images_per_second"):
-    """variant median / baseline median, or '' when either is missing."""
-    entry, base = section.get(batch, {}).get(name, {}), section.get(batch, {}).get(BASELINE, {})
-    if key not in entry or key not in base:
-        return ""
-    return f"{entry[key]['median'] / base[key]['median']:.2f}×"
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def section_ok(results, key):
@@ -40,61 +34,57 @@ def section_ok(results, key):
     return isinstance(results.get(key), dict) and "error" not in results[key]
 
 
-def throughput_table(section, names, batches):
-    """Rows: variant; per batch: images/s median (min–max) and the ratio to torch eager."""
-    header = ["variant"]
-    for batch in batches:
+def throughput_table(section, names):
+    """Rows: variant; per batch: images/s median (min–max) and the ratio to the baseline."""
+    header, rows = ["variant"], []
+    for batch in section:
         header += [f"batch {batch} images/s", f"× {BASELINE}"]
-    rows = []
     for name in names:
         row = [name]
-        for batch in batches:
-            entry = section.get(batch, {}).get(name)
-            if entry is None:
-                row += ["—", ""]
-            elif "error" in entry:
-                row += ["failed", ""]
-            else:
-                row += [fmt_rate(entry["images_per_second"]), ratio(section, batch, name)]
+        for entries in section.values():
+            entry, base = entries.get(name), entries.get(BASELINE, {})
+            if entry is None or "error" in entry:
+                row += ["—" if entry is None else "failed", ""]
+                continue
+            ratio = (entry["images_per_second"]["median"] / base["images_per_second"]["median"]
+                     if "images_per_second" in base else None)
+            row += [fmt_rate(entry["images_per_second"]), "" if ratio is None else f"{ratio:.2f}×"]
         rows.append(row)
     return table(header, rows)
 
 
-def other_loads(results):
-    """Every other-process CPU share recorded in the results, wherever it is."""
-    found = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            if isinstance(value.get("other_load"), (int, float)):
-                found.append(value["other_load"])
-            found.extend(windows_load([value]))
-            for child in value.values():
-                walk(child)
-        elif isinstance(value, list):
-            for child in value:
-                walk(child)
-
-    walk(results)
-    return found
+def other_loads(value):
+    """Every other-process CPU share recorded anywhere in `value` (the results)."""
+    if isinstance(value, list):
+        return [load for child in value for load in other_loads(child)]
+    if not isinstance(value, dict):
+        return []
+    own = [value["other_load"]] if isinstance(value.get("other_load"), (int, float)) else []
+    return own + windows_load([value]) + other_loads(list(value.values()))
 
 
 def section_load_line(section):
-    """`Other processes took up to … of the CPUs: batch 64 0 %, …` (train/inference tables)."""
-    shares = [f"batch {batch} {fmt_share(max(windows_load(entries.values()), default=None))}"
-              for batch, entries in section.items()]
-    return ("Other processes' largest share of the CPUs during a timed window: "
-            + ", ".join(shares) + ".")
+    """Other processes' largest share of the CPUs per batch size (train/inference tables)."""
+    return ("Other processes' largest share of the CPUs during a timed window: " + ", ".join(
+        f"batch {batch} {fmt_share(max(windows_load(entries.values()), default=None))}"
+        for batch, entries in section.items()) + ".")
 
 
 def title_lines(results):
-    """Title, machine, versions, load and the method."""
+    """Title, machine, versions, load, precision and the method."""
     env, versions = results["environment"], results["environment"]["versions"]
-    machine = (f"{env['cpu_model']}, {env['cpu_count']} cores, torch threads "
-               f"{env['torch_num_threads']}")
-    if results["device"] != "cpu":
+    machine = f"{env['cpu_model']}, {env['cpu_count']} cores, torch threads " \
+              f"{env['torch_num_threads']}"
+    precision = f"Precision: `--precision {results.get('precision', 'highest')}`"
+    if results["device"] == "cpu":
+        precision += " (a CPU computes float32 either way)."
+    else:
         machine += (f"; GPU {env.get('gpu_name')}, driver {env.get('nvidia_driver')}, "
                     f"CUDA {env.get('torch_cuda')}")
+        precision += (f", set through the engines' `select_placement`: torch matmul TF32 "
+                      f"{env.get('torch_matmul_allow_tf32')}, cuDNN conv TF32 "
+                      f"{env.get('torch_cudnn_allow_tf32')}; JAX default matmul precision "
+                      f"{env.get('jax_default_matmul_precision')}.")
     load = (f"Load average at start {fmt_load(env.get('load_average'))}, at end "
             f"{fmt_load(env.get('load_average_end'))}")
     if "process_cpu_seconds" in env:
@@ -106,29 +96,17 @@ def title_lines(results):
             f"{versions.get('optax')}; {machine}. {load}.", "",
             f"Median over {results['method']['repeats']} interleaved windows (min–max in "
             f"brackets); first calls (compile/jit) excluded and listed below. × {BASELINE} = "
-            f"variant median / {BASELINE} median.", ""]
-
-
-def precision_lines(results):
-    env = results["environment"]
-    precision = results.get("precision", "highest")
-    if results["device"] == "cpu":
-        return [f"Precision: `--precision {precision}` (a CPU computes float32 either way).", ""]
-    return [f"Precision: `--precision {precision}`, set through the engines' "
-            f"`select_placement`: torch matmul TF32 {env.get('torch_matmul_allow_tf32')}, cuDNN "
-            f"conv TF32 {env.get('torch_cudnn_allow_tf32')}; JAX default matmul precision "
-            f"{env.get('jax_default_matmul_precision')}.", ""]
+            f"variant median / {BASELINE} median.", "", precision, ""]
 
 
 def header_lines(results):
     """Title, precision, the peak GEMM, a busy-machine warning and the variants."""
-    lines = title_lines(results) + precision_lines(results)
-    gemm = results.get("peak_gemm", {})
-    rates_ = [f"{name} {fmt_rate(gemm[name]['gflop_per_second'])} GFLOP/s"
-              for name in ("torch", "jax") if "gflop_per_second" in gemm.get(name, {})]
-    if rates_:
+    lines, gemm = title_lines(results), results.get("peak_gemm", {})
+    rates = [f"{name} {fmt_rate(gemm[name]['gflop_per_second'])} GFLOP/s"
+             for name in ("torch", "jax") if "gflop_per_second" in gemm.get(name, {})]
+    if rates:
         others = max(windows_load(v for v in gemm.values() if isinstance(v, dict)), default=None)
-        lines += [f"**Peak float32 GEMM** ({gemm['size']}³): " + "; ".join(rates_)
+        lines += [f"**Peak float32 GEMM** ({gemm['size']}³): " + "; ".join(rates)
                   + f" (others' CPU up to {fmt_share(others)}). % of peak below refers to "
                   f"torch's.", ""]
     busiest = max(other_loads(results), default=None)
@@ -137,78 +115,58 @@ def header_lines(results):
                   f"some measurements (listed with each table). torch's OpenMP threads slow down "
                   f"many times over when they must share cores; XLA's thread pool much less. "
                   f"Figures measured while the machine was busy are not representative.**", ""]
-    for name, variant in results.get("variants", {}).items():
-        note = "" if variant["status"] == "ok" else f" — not run: {variant['reason']}"
-        lines.append(f"- `{name}`: {variant.get('description', '')}{note}.")
-    flax_model = results["environment"].get("flax_model")
-    if flax_model:
+    lines += [f"- `{name}`: {v.get('description', '')}"
+              f"{'' if v['status'] == 'ok' else ' — not run: ' + v['reason']}."
+              for name, v in results.get("variants", {}).items()]
+    if results["environment"].get("flax_model"):
         lines.append("- The engine's Flax model uses: " + ", ".join(
-            f"{k} = `{v}`" for k, v in flax_model.items()) + ".")
+            f"{k} = `{v}`" for k, v in results["environment"]["flax_model"].items()) + ".")
     return lines + [""]
 
 
 def gflops_cell(entry):
     """`12.3 (45.6 %)` for one training entry."""
-    if "error" in entry:
-        return "failed"
-    if entry.get("percent_of_peak") is None:
-        return "—"
+    if "error" in entry or entry.get("percent_of_peak") is None:
+        return "failed" if "error" in entry else "—"
     return f"{entry['gflop_per_second']['median']:.1f} ({entry['percent_of_peak']:.1f} %)"
 
 
-def training_lines(results, names):
-    """Training images/s with ratios, then achieved GFLOP/s and % of peak."""
-    if not section_ok(results, "train"):
-        return []
-    train, flops = results["train"], results["flops"]
-    batches = list(train)
-    rows = [[name] + [gflops_cell(train[b].get(name, {})) for b in batches] for name in names]
-    return ["## Training step (forward, loss, backward, Adam), images/s", "",
-            throughput_table(train, names, batches), "",
-            f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
-            f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
-            table(["variant"] + [f"batch {b}" for b in batches], rows), "",
-            section_load_line(train), ""]
-
-
-def inference_lines(results, names):
-    """Inference images/s with ratios, and the single-image latency."""
-    if not section_ok(results, "inference"):
-        return []
-    lines = ["## Inference (logits), images/s", "",
-             throughput_table(results["inference"], names, list(results["inference"])), "",
-             section_load_line(results["inference"]), ""]
-    latency_ms = results.get("latency_ms", {})
-    if latency_ms:
-        lines += ["Single-image latency, ms: " + "; ".join(
-            f"{name} {fmt_ms(stats)}" for name, stats in latency_ms.items()) + ".", ""]
+def throughput_lines(results, names):
+    """Training images/s with ratios and GFLOP/s; inference images/s and the latency."""
+    lines = []
+    if section_ok(results, "train"):
+        train, flops = results["train"], results["flops"]
+        rows = [[name] + [gflops_cell(e.get(name, {})) for e in train.values()] for name in names]
+        lines += ["## Training step (forward, loss, backward, Adam), images/s", "",
+                  throughput_table(train, names), "",
+                  f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
+                  f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
+                  table(["variant"] + [f"batch {b}" for b in train], rows), "",
+                  section_load_line(train), ""]
+    if section_ok(results, "inference"):
+        lines += ["## Inference (logits), images/s", "",
+                  throughput_table(results["inference"], names), "",
+                  section_load_line(results["inference"]), ""]
+        if results.get("latency_ms"):
+            lines += ["Single-image latency, ms: " + "; ".join(
+                f"{n} {fmt_ms(s)}" for n, s in results["latency_ms"].items()) + ".", ""]
     return lines
 
 
 def first_call_table(results, names):
     """First-call seconds (compile / jit / autotune) of every timed step."""
-    header, columns = ["variant"], []
-    for section, label in (("train", "train"), ("inference", "infer")):
-        if section_ok(results, section):
-            for batch in results[section]:
-                header.append(f"{label} {batch}")
-                columns.append(results[section][batch])
-    if not columns:
-        return []
-    rows = []
-    for name in names:
-        row = [name]
-        for column in columns:
-            entry = column.get(name, {})
-            row.append(f"{entry['first_call_seconds']:.2f}" if "first_call_seconds" in entry
-                       else entry.get("error", "—"))
-        rows.append(row)
+    columns = {f"{label} {batch}": entries for key, label in (("train", "train"),
+                                                              ("inference", "infer"))
+               if section_ok(results, key) for batch, entries in results[key].items()}
+    rows = [[name] + [f"{c[name]['first_call_seconds']:.2f}" if "first_call_seconds"
+                      in c.get(name, {}) else c.get(name, {}).get("error", "—")
+                      for c in columns.values()] for name in names]
     return ["## First call, seconds (compile / jit / autotune; not in the figures above)", "",
-            table(header, rows), ""]
+            table(["variant", *columns], rows), ""] if columns else []
 
 
 def layers_table(layers):
-    """Per-layer forward and forward+backward ms, torch vs Flax (vs stock lax)."""
+    """Per-layer forward and forward+backward ms, torch vs Flax (vs XLA's defaults)."""
     if not layers or "error" in layers or "skipped" in layers:
         return []
     impls = list(dict.fromkeys(impl for row in layers["rows"] for impl in row["forward_ms"]))
@@ -220,41 +178,20 @@ def layers_table(layers):
         for key in ("forward_ms", "forward_backward_ms"):
             cells += [fmt_ms(row[key][i]) if i in row[key] else "—" for i in impls]
         both = row["forward_backward_ms"]
-        if "median" in both.get("flax", {}) and "median" in both.get("torch", {}):
-            cells.append(f"{both['flax']['median'] / both['torch']['median']:.2f}")
-        else:
-            cells.append("")
-        cells.append(fmt_share(row.get("other_load")))
-        rows.append(cells)
+        ok = "median" in both.get("flax", {}) and "median" in both.get("torch", {})
+        rows.append(cells + [f"{both['flax']['median'] / both['torch']['median']:.2f}" if ok
+                             else "", fmt_share(row.get("other_load"))])
     return [f"## Layers alone, batch {layers['batch_size']}, ms (median, min–max)", "",
             "flax = jitted as the Flax engine jits (`flax_impl.xla_cpu.jit` on the CPU); "
             "xla-default = a plain `jax.jit` (listed only where the two differ). "
             f"{layers['note']}.", "", table(header, rows), ""]
 
 
-def time_to_accuracy_lines(tta):
-    if not tta or "skipped" in tta:
-        return []
-    if "error" in tta:
-        return ["## Time to accuracy", "", f"Failed: {tta['error']}", ""]
-    rows = [[name, f"{t['seconds_to_target']:.1f}" if t["reached"] else "not reached",
-             t["epochs_to_target"] or f"> {t['max_epochs']}",
-             f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %", f"{t['warmup_seconds']:.1f}",
-             fmt_share(t.get("other_load"))] for name, t in tta.items()]
-    return [f"## Time to {100 * TARGET_ACCURACY:.1f} % test accuracy (each epoch's batches placed "
-            f"on the device before the clock starts, tutorial settings; evaluation not timed)",
-            "", table(["variant", "training seconds", "epochs", "last accuracy",
-                       "warm-up s (excluded)", "others' CPU"], rows), ""]
-
-
-def end_to_end_lines(results):
+def end_to_end_lines(e2e):
     """One epoch through the CLIs' loop, beside the isolated step at the same batch size."""
-    e2e = results.get("end_to_end", {})
-    if not e2e:
-        return legacy_epoch_lines(results.get("epoch", {}))
-    if "skipped" in e2e or "error" in e2e:
+    if not e2e or "skipped" in e2e or "error" in e2e:
         return ["## End to end: one real MNIST epoch", "",
-                f"Not run: {e2e.get('skipped') or e2e.get('error')}", ""]
+                f"Not run: {e2e.get('skipped') or e2e.get('error')}", ""] if e2e else []
     rows = [[framework, e["variant"], e["steps"], f"{e['train_seconds']:.1f}",
              f"{e['train_images_per_second']:,.0f}",
              "—" if e.get("isolated_step_images_per_second") is None
@@ -263,10 +200,10 @@ def end_to_end_lines(results):
              else f"{e['end_to_end_vs_isolated']:.2f}",
              f"{100 * e['test_accuracy']:.2f} %", fmt_share(e.get("other_load"))]
             for framework, e in e2e.items()]
-    complete = all(e["complete_epoch"] for e in e2e.values())
-    return ["## End to end: one real MNIST epoch through the CLIs' loop" if complete else
-            "## End to end: real MNIST, the first steps of epoch 1 (--quick)", "",
-            "`mnist_common.loop.train_and_evaluate` with the engine, as `python -m "
+    return ["## End to end: one real MNIST epoch through the CLIs' loop"
+            if all(e["complete_epoch"] for e in e2e.values())
+            else "## End to end: real MNIST, the first steps of epoch 1 (--quick)", "",
+            "The CLIs' loop (`mnist_common.loop`) with the engine, as `python -m "
             "<framework>_impl.train --epochs 1` runs it (in-memory loader, batch 256, the loss "
             "read every step; compile included, evaluation not): its metrics' `train_seconds`, "
             "`train_images_per_second` and `test_accuracy`, beside the isolated train step.", "",
@@ -275,24 +212,27 @@ def end_to_end_lines(results):
                    "others' CPU"], rows), ""]
 
 
-def legacy_epoch_lines(epoch):
-    """The real-epoch table of results written before the end-to-end section existed."""
-    if not epoch or "skipped" in epoch or "error" in epoch:
-        return []
-    rows = [[name, e["steps"], f"{e['seconds']:.1f}", f"{e['images_per_second']:,.0f}",
-             f"{100 * e['test_accuracy']:.2f} %", f"{e['warmup_seconds']:.1f}",
-             fmt_share(e.get("other_load"))] for name, e in epoch.items()]
-    return ["## One real MNIST epoch (in-memory loader, batch 256)", "",
-            table(["variant", "steps", "seconds", "images/s", "test accuracy after",
-                   "warm-up s (excluded)", "others' CPU"], rows), ""]
+def time_to_accuracy_lines(tta):
+    if not tta or "skipped" in tta or "error" in tta:
+        return ["## Time to accuracy", "", f"Failed: {tta['error']}", ""] if "error" in tta \
+            else []
+    rows = [[name, f"{t['seconds_to_target']:.1f}" if t["reached"] else "not reached",
+             t["epochs_to_target"] or f"> {t['max_epochs']}",
+             f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %",
+             "—" if t.get("first_call_seconds") is None else f"{t['first_call_seconds']:.1f}",
+             fmt_share(t.get("other_load"))] for name, t in tta.items()]
+    return [f"## Time to {100 * TARGET_ACCURACY:.1f} % test accuracy (the CLIs' loop stopped at "
+            f"the first epoch that reaches it, tutorial settings, data on the device; compile "
+            f"included, evaluation not timed)", "",
+            table(["variant", "training seconds", "epochs", "last accuracy",
+                   "first dispatch s (included)", "others' CPU"], rows), ""]
 
 
 def cli_lines(cli):
     """The training CLIs as fresh processes: training seconds, process seconds, accuracy."""
-    if not cli or "skipped" in cli:
-        return []
-    if "error" in cli:
-        return ["## The training CLIs", "", f"Failed: {cli['error']}", ""]
+    if not cli or "skipped" in cli or "error" in cli:
+        return ["## The training CLIs", "", f"Failed: {cli['error']}", ""] if "error" in cli \
+            else []
     rows = []
     for framework, runs in cli.items():
         for precision, run in runs.items():
@@ -313,51 +253,99 @@ def cli_lines(cli):
 
 def memory_lines(results):
     """Peak host RSS, and per framework the peak device memory of each training batch size."""
-    mem = results.get("memory")
-    if not mem:
+    if not results.get("memory"):
         return []
-    lines = ["## Memory", "", f"Peak host RSS of the whole run: "
-             f"{mem['host_peak_rss_bytes'] / 2**20:,.0f} MiB.", ""]
-    train = results["train"] if section_ok(results, "train") else {}
     rows = []
-    for batch, entries in train.items():
+    for batch, entries in (results["train"] if section_ok(results, "train") else {}).items():
         snapshot = next((e["memory"] for e in entries.values() if "memory" in e), {})
         cells = [snapshot.get(k) for k in ("torch_device_peak_bytes", "jax_device_peak_bytes")]
         if any(c is not None for c in cells):
             rows.append([batch] + [f"{c / 2**20:,.0f}" if c is not None else "—" for c in cells])
-    if rows:
-        lines += ["Device memory after training at each batch size, MiB (torch: peak allocated "
-                  "over its variants together; JAX: peak in use since start):", "",
-                  table(["batch", "torch peak", "JAX peak"], rows), ""]
-    return lines
+    return ["## Memory", "", f"Peak host RSS of the whole run: "
+            f"{results['memory']['host_peak_rss_bytes'] / 2**20:,.0f} MiB.", ""] + ([
+                "Device memory after training at each batch size, MiB (torch: peak allocated "
+                "over its variants together; JAX: peak in use since start):", "",
+                table(["batch", "torch peak", "JAX peak"], rows), ""] if rows else [])
 
 
 def error_lines(results):
     """Every failed section, and every failed variant at a batch size, with its message."""
     errors = [f"- {key}: {value['error']}" for key, value in results.items()
               if isinstance(value, dict) and "error" in value]
-    for key in ("train", "inference"):
-        if section_ok(results, key):
-            errors += [f"- {key}, batch {batch}, {name}: {entry['error']}"
-                       for batch, entries in results[key].items()
-                       for name, entry in entries.items() if "error" in entry]
+    errors += [f"- {key}, batch {batch}, {name}: {entry['error']}"
+               for key in ("train", "inference") if section_ok(results, key)
+               for batch, entries in results[key].items()
+               for name, entry in entries.items() if "error" in entry]
     return ["## Errors", "", *errors, ""] if errors else []
 
 
 def markdown(results):
     """The whole report of one device."""
     names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
-    parts = header_lines(results)
-    parts += training_lines(results, names)
-    parts += inference_lines(results, names)
-    parts += first_call_table(results, names)
-    parts += layers_table(results.get("layers", {}))
-    parts += end_to_end_lines(results)
-    parts += cli_lines(results.get("cli", {}))
-    parts += time_to_accuracy_lines(results.get("time_to_accuracy", {}))
-    parts += memory_lines(results)
-    parts += error_lines(results)
+    parts = (header_lines(results) + throughput_lines(results, names)
+             + first_call_table(results, names) + layers_table(results.get("layers", {}))
+             + end_to_end_lines(results.get("end_to_end", {})) + cli_lines(results.get("cli", {}))
+             + time_to_accuracy_lines(results.get("time_to_accuracy", {}))
+             + memory_lines(results) + error_lines(results))
     if not results.get("complete"):
         parts.append("**Interrupted: these are the sections finished before the stop.**")
     parts.append(f"Whole run on this device: {results.get('wall_seconds', 0):.0f} s.")
     return "\n".join(parts) + "\n"
+
+
+def scaling_markdown(results):
+    """The table of `run.py scaling`: images/s on 1 and N processes / devices."""
+    rows = []
+    for row in results["rows"]:
+        one = next(r for r in results["rows"]
+                   if r["framework"] == row["framework"] and r["count"] == results["counts"][0])
+        rows.append([row["framework"], row["count"], f"{row['images_per_second']:,.0f}",
+                     f"{row['images_per_second'] / one['images_per_second']:.2f}",
+                     f"{row['final_loss']:.4f}", row["device"]])
+    return "\n".join([
+        f"# Data-parallel scaling ({results['device']}), measured {results['date']}", "",
+        f"`python {results['command']}`: {results['steps']} steps at global batch 256 on real "
+        "MNIST, the CLIs' own images/s.", "",
+        table(["framework", "processes / devices", "images/s", "× one", "last step's loss",
+               "device"], rows)]) + "\n"
+
+
+def _bars(ax, results, key, names, width):
+    """One group of bars per batch size, one bar per variant (min–max as error bars)."""
+    batches = list(results[key])
+    for i, name in enumerate(names):
+        medians, low, high = [], [], []
+        for batch in batches:
+            stats = results[key][batch].get(name, {}).get("images_per_second")
+            medians.append(stats["median"] if stats else np.nan)
+            low.append(stats["median"] - stats["min"] if stats else 0)
+            high.append(stats["max"] - stats["median"] if stats else 0)
+        xs = np.arange(len(batches)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(xs, medians, width, yerr=[low, high], capsize=2, label=name)
+    ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
+
+
+def plot(results, path):
+    """Bar charts of training and inference images/s per batch size, written atomically to
+    `path` (an ImportError without Matplotlib)."""
+    from mnist_common.plotting import pyplot
+
+    plt = pyplot()
+
+    names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
+    sections = [(key, title) for key, title in (("train", "training step"),
+                                                ("inference", "inference (logits)"))
+                if section_ok(results, key)]
+    fig, axes = plt.subplots(1, max(len(sections), 1), figsize=(12, 4.5), dpi=100, squeeze=False)
+    for ax, (key, title) in zip(axes[0], sections, strict=False):
+        _bars(ax, results, key, names, 0.8 / max(len(names), 1))
+        ax.set_yscale("log")
+        ax.set_ylabel("images / s (median, min–max)")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"MNIST CNN, {results['device_name']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,17 +1,15 @@
-"""Side-by-side speed of the tutorial MNIST CNN in PyTorch and in Flax: `python benchmarks/run.py`.
-
-The entry point of the `benchmarks` package (`benchmarks/cli.py` says what is measured); it
-works from any directory.
-"""
+"""Side-by-side speed of the tutorial MNIST CNN in PyTorch and in Flax: `python benchmarks/run.py`
+(and `python benchmarks/run.py scaling`), from any directory; `benchmarks/cli.py` says what is
+measured."""
 
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == REPO / "benchmarks":
-    sys.path[0] = str(REPO)  # the package, not its modules, must be importable
-elif str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+_ROOT = Path(__file__).resolve().parents[1]  # `benchmarks.REPO`, before it can be imported
+if sys.path and Path(sys.path[0]).resolve() == _ROOT / "benchmarks":
+    sys.path[0] = str(_ROOT)  # the package, not its modules, must be importable
+elif str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
 from benchmarks import PROG  # noqa: E402
 from benchmarks.cli import main  # noqa: E402

@@ -1,4 +1,4 @@
-"""One device, start to end: every section in order, the results saved after each one."""
+"""One device, start to end: every section in order, each finished figure saved at once."""
 
 import datetime
 import sys
@@ -8,23 +8,27 @@ import traceback
 import numpy as np
 import torch
 
-from benchmarks import PROG, end_to_end
-from benchmarks.accuracy import measure_time_to_accuracy
+from benchmarks import PROG, training
 from benchmarks.environment import environment, load_average, memory
-from benchmarks.flops import flop_counts
-from benchmarks.layers import measure_layers
-from benchmarks.measure import (
+from benchmarks.harness import (
+    METHOD,
+    SCHEMA,
+    describe_error,
+    process_cpu_seconds,
+    status,
+)
+from benchmarks.isolated import (
+    BASELINE,
+    VARIANTS,
+    build_variants,
+    flop_counts,
     latency,
     measure_gemm,
-    measure_inference,
-    measure_training,
+    measure_layers,
     peak_gflops,
+    per_batch,
 )
-from benchmarks.timing import METHOD, describe_error, process_cpu_seconds, status
-from benchmarks.variants import BASELINE, VARIANTS, build_variants
 from mnist_common import data
-
-SCHEMA = "mnist-cnn-benchmark/1"
 
 
 def jsonable(value):
@@ -33,15 +37,13 @@ def jsonable(value):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def start_results(device, settings):
     """What ran where and how, before anything is measured."""
     return {"schema": SCHEMA, "device": device.slug(), "device_name": device.name(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([PROG, *sys.argv[1:]]), "quick": settings.quick,
             "precision": settings.precision, "complete": False,
             "environment": environment(device),
@@ -51,20 +53,12 @@ def start_results(device, settings):
                        "warmup_calls": settings.warmup_steps,
                        "wait_quiet_seconds": settings.wait_quiet,
                        "train_step": "the engine's train_step with the loss read back to the "
-                                     "host each step, synthetic data placed by the engine",
+                                     "host each step, synthetic data cut on the device by the "
+                                     "engine",
                        "inference": "the engine's logits (no loss), back on the host",
-                       "end_to_end": "mnist_common.loop.train_and_evaluate, one epoch, in this "
+                       "end_to_end": "the CLIs' loop (mnist_common.loop), one epoch, in this "
                                      "process after the isolated measurements",
                        "ratio": f"variant median / {BASELINE} median"}}
-
-
-def variant_table(variants, skipped):
-    out = {name: {"framework": v.framework, "status": "ok", "description": VARIANTS[name]}
-           for name, v in variants.items()}
-    out.update({name: {"framework": name.split("-")[0], "status": "skipped",
-                       "description": VARIANTS[name], "reason": reason}
-                for name, reason in skipped.items()})
-    return out
 
 
 class Session:
@@ -74,27 +68,39 @@ class Session:
         self.device, self.settings, self.save = device, settings, save
         self.data_root, self.data_problem = data_root, data_problem
         self.started, self.cpu_started = time.perf_counter(), process_cpu_seconds()
-        self.results = start_results(device, settings)
+        self.results, self._splits = start_results(device, settings), None
 
-    def section(self, key, function, *args):
-        """results[key] = function(*args); an exception becomes {"error": …}; then save."""
-        try:
-            self.results[key] = function(*args)
-        except Exception as err:
-            self.results[key] = {"error": describe_error(err)}
-            status(f"{key} failed: {self.results[key]['error']}")
-            traceback.print_exc(file=sys.stderr)
+    def saved(self):
         self.results["wall_seconds"] = time.perf_counter() - self.started
         self.save(jsonable(self.results))
 
-    def skip_or_run(self, key, wanted, why_not, function, *args):
-        """Run a section that needs real MNIST, or record why it did not run."""
-        if not wanted:
-            self.results[key] = {"skipped": why_not}
-        elif self.data_root is None:
-            self.results[key] = {"skipped": self.data_problem}
-        else:
-            self.section(key, function, *args)
+    def section(self, key, function, *args):
+        """results[key] from `function(*args)`: a dict, or (name, figures) pairs, each saved as
+        it comes; an exception becomes {"error": …}."""
+        self.results[key] = part = {}
+        try:
+            produced = function(*args)
+            for name, figures in produced.items() if isinstance(produced, dict) else produced:
+                part[name] = figures
+                self.saved()
+        except Exception as err:  # what was measured before it stays beside the error
+            self.results[key] = {**part, "error": describe_error(err)}
+            status(f"{key} failed: {self.results[key]['error']}")
+            traceback.print_exc(file=sys.stderr)
+        self.saved()
+
+    def real_data_section(self, key, wanted, why_not, measure):
+        """Run `measure()`, a section that needs real MNIST, or record why it did not run."""
+        if wanted and self.data_root is not None:
+            return self.section(key, measure)
+        self.results[key] = {"skipped": why_not if not wanted else self.data_problem}
+
+    def splits(self):
+        """(data root, train arrays, test arrays), read once."""
+        if self._splits is None:
+            self._splits = (self.data_root, data.load_arrays(self.data_root, train=True),
+                            data.load_arrays(self.data_root, train=False))
+        return self._splits
 
     def isolated(self):
         """Peak GEMM, the variants' train steps and logits, the layers alone."""
@@ -105,9 +111,13 @@ class Session:
         results["peak_gflop_per_second"] = peak = peak_gflops(results["peak_gemm"])
         torch.manual_seed(0)
         variants, skipped = build_variants(device, settings.variants)
-        results["variants"] = variant_table(variants, skipped)
-        self.section("train", measure_training, device, variants, settings, flops, peak)
-        self.section("inference", measure_inference, device, variants, settings, flops, peak)
+        results["variants"] = {name: {"framework": name.split("-")[0], "status": "ok",
+                                      "description": VARIANTS[name]} for name in variants}
+        results["variants"].update({name: {"framework": name.split("-")[0], "status": "skipped",
+                                           "description": VARIANTS[name], "reason": reason}
+                                    for name, reason in skipped.items()})
+        for key in ("train", "inference"):
+            self.section(key, per_batch, device, variants, settings, key, flops, peak)
         if "error" not in results["inference"]:
             results["latency_ms"] = latency(results["inference"])
         if settings.layers:
@@ -118,22 +128,18 @@ class Session:
     def real_data(self):
         """End to end, time to accuracy, the CLIs: the sections that train on real MNIST."""
         device, settings, results = self.device, self.settings, self.results
-        self.skip_or_run("end_to_end", settings.epoch, "--no-epoch",
-                         end_to_end.measure_end_to_end, device, settings, self.data_root)
-        if "error" not in results["end_to_end"] and "skipped" not in results["end_to_end"] \
-                and "error" not in results["train"]:
-            end_to_end.beside_isolated(results["end_to_end"], results["train"])
-        self.skip_or_run("time_to_accuracy", settings.time_to_accuracy,
-                         "run with --time-to-accuracy", self.time_to_accuracy)
+        self.real_data_section("end_to_end", settings.epoch, "--no-epoch", lambda: (
+            training.measure_end_to_end(device, settings, self.splits())))
+        e2e = results["end_to_end"]
+        if not {"error", "skipped"} & set(e2e) and "error" not in results["train"]:
+            training.beside_isolated(e2e, results["train"])
+        self.real_data_section(
+            "time_to_accuracy", settings.time_to_accuracy, "run with --time-to-accuracy",
+            lambda: training.measure_time_to_accuracy(device, self.splits()))
         cli = settings.cli if settings.cli is not None else device.kind == "gpu"
-        self.skip_or_run("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
-                         "framework: minutes)" if settings.cli is None else "--no-cli",
-                         end_to_end.measure_cli, device, settings, self.data_root)
-
-    def time_to_accuracy(self):
-        splits = (data.load_arrays(self.data_root, train=True),
-                  data.load_arrays(self.data_root, train=False))
-        return measure_time_to_accuracy(self.device, splits)
+        self.real_data_section("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
+                               "framework: minutes)" if settings.cli is None else "--no-cli",
+                               lambda: training.measure_cli(device, settings, self.data_root))
 
     def finish(self):
         env = self.results["environment"]
@@ -147,7 +153,7 @@ class Session:
 
 
 def run_device(device, settings, data_root, data_problem, save):
-    """All measurements on one device; `save(results)` after each section; returns results."""
+    """All measurements on one device; `save(results)` after each figure; returns results."""
     session = Session(device, settings, data_root, data_problem, save)
     session.isolated()
     session.real_data()

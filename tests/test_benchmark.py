@@ -169,7 +169,7 @@ def test_quick_run_memory_and_skips(quick):
 
 def test_flax_xla_defaults_runs_where_the_engine_differs(quick):
     device = _import("environment").find_devices("cpu", "highest")[0]
-    assert _import("variants").flax_engine_differs(device.flax)  # the CPU: xla_cpu applies
+    assert _import("isolated").flax_engine_differs(device.flax)  # the CPU: xla_cpu applies
     assert quick[0]["variants"]["flax-xla-defaults"]["status"] == "ok"
 
 
@@ -194,18 +194,52 @@ def _tiny_splits(train=40, test=24):
 
 
 def test_time_to_accuracy_on_tiny_data():
-    """The time-to-accuracy code path, on 40 random images in batches of 16 (last batch 8)."""
+    """The time-to-accuracy path, the CLIs' loop on 40 random images in batches of 16 (last
+    batch 8): every epoch recorded until the target or the last epoch."""
     device = _import("environment").find_devices("cpu", "highest")[0]
-    config = _import("variants").Config(batch_size=16, epochs=2)
-    tta = _import("accuracy").measure_time_to_accuracy(device, _tiny_splits(), config)
+    config = _import("isolated").Config(batch_size=16, epochs=2)
+    training = _import("training")
+    tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
     for name in ("torch-eager", "flax-jit"):
         result = tta[name]
         assert result["max_epochs"] == 2
         assert len(result["epochs"]) == (result["epochs_to_target"] or 2)
         assert result["reached"] == (result["seconds_to_target"] is not None)
-        assert result["warmup_seconds"] > 0
+        assert result["first_call_seconds"] > 0
         assert all(0 <= e["test_accuracy"] <= 1 and e["train_seconds"] > 0
                    for e in result["epochs"])
+
+
+def test_time_to_accuracy_stops_at_the_target(monkeypatch):
+    """A target the first epoch reaches ends the run there: one epoch of three, its seconds."""
+    training = _import("training")
+    monkeypatch.setattr(training, "TARGET_ACCURACY", 0.0)
+    device = _import("environment").find_devices("cpu", "highest")[0]
+    config = _import("isolated").Config(batch_size=16, epochs=3)
+    tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
+    for result in tta.values():
+        assert result["reached"] and result["epochs_to_target"] == 1
+        assert [e["epoch"] for e in result["epochs"]] == [1]
+        assert result["seconds_to_target"] == result["epochs"][0]["train_seconds"] > 0
+
+
+def test_plain_flax_step_is_the_engines_step():
+    """flax-xla-defaults jits `plain_train_step` plainly; under the engine's compiler options
+    (`flax_impl.xla_cpu.jit`) it is the engine's train_step, bit for bit."""
+    import jax
+
+    from flax_impl import xla_cpu
+
+    isolated = _import("isolated")
+    device = _import("environment").find_devices("cpu", "highest")[0]
+    engine = isolated.flax_variant("flax-jit", device)
+    batch = isolated.placed_batch(engine, 32)
+    state, metrics = isolated.flax_backend.train_step(engine.state, batch)
+    plain_state, plain_metrics = xla_cpu.jit(isolated.plain_train_step)(engine.state, batch)
+    assert float(metrics["loss"]) == float(plain_metrics["loss"])
+    for a, b in zip(jax.tree_util.tree_leaves(state.params),
+                    jax.tree_util.tree_leaves(plain_state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _git_status(path):
@@ -246,13 +280,13 @@ def test_quick_run_writes_to_scratch_and_runs_end_to_end(mnist_root):
 
 def test_cli_section_runs_the_training_cli(tmp_path):
     """The --cli command is the CLI users type; its report says what metrics lack."""
-    end_to_end = _import("end_to_end")
+    training = _import("training")
     device = _import("environment").find_devices("cpu", "highest")[0]
-    words = end_to_end.cli_command("torch", device, "tf32", False, tmp_path / "run", "/data")
+    words = training.cli_command("torch", device, "tf32", False, tmp_path / "run", "/data")
     assert words[1:] == ["-m", "torch_impl.train", "--device", "cpu", "--precision", "tf32",
                          "--no-progress", "--out-dir", str(tmp_path / "run"), "--data-dir",
                          "/data"]
-    quick_words = end_to_end.cli_command("flax", device, "highest", True, tmp_path, "/data")
+    quick_words = training.cli_command("flax", device, "highest", True, tmp_path, "/data")
     assert quick_words[-4:] == ["--epochs", "1", "--max-steps", "2"]
     run = {"steps": 2350, "epochs": 10, "train_seconds": 8.5, "ten_epoch_train_seconds": 8.5,
            "process_seconds": 22.0, "first_call_seconds": 0.0, "first_call_recorded": False,
@@ -261,3 +295,32 @@ def test_cli_section_runs_the_training_cli(tmp_path):
                                                   "flax": {"tf32": {"error": "exit status 2"}}}))
     assert "| torch | highest | 2350 | 8.5 | 22.0 | not recorded | 98.70 % |" in text
     assert "failed: exit status 2" in text
+
+
+@pytest.mark.slow
+def test_scaling_reports_one_and_two(tmp_path, mnist_root):
+    """`run.py scaling`: the training CLIs on 1 and 2 processes / devices, one table."""
+    done = _run("scaling", "--steps", "3", "--devices", "1,2", "--out-dir", str(tmp_path),
+                timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "scaling-cpu.json").read_text())
+    rows = {(row["framework"], row["count"]): row for row in results["rows"]}
+    assert set(rows) == {("torch", 1), ("torch", 2), ("flax", 1), ("flax", 2)}
+    for (_, count), row in rows.items():
+        assert row["steps"] == 3 and row["images_per_second"] > 0
+        assert (f"x {count} " in row["device"]) == (count > 1), row["device"]
+    # Three identical steps on 1 and 2 devices end at the same loss.
+    for framework in ("torch", "flax"):
+        assert abs(rows[framework, 1]["final_loss"] - rows[framework, 2]["final_loss"]) < 1e-5
+    table = (tmp_path / "scaling-cpu.md").read_text()
+    assert table.count("| torch |") == 2 and table.count("| flax |") == 2
+    assert table in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaling-cpu.json", "scaling-cpu.md"]
+
+
+def test_scaling_rejects_bad_counts(tmp_path):
+    done = _run("scaling", "--devices", "1,0", "--out-dir", str(tmp_path / "new"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("benchmarks/run.py: error: ") and "at least 1" in lines[0]
+    assert list(tmp_path.iterdir()) == []

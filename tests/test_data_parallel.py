@@ -13,7 +13,6 @@ check is therefore: every loss within 1e-5, at least 99.5 % of every tensor's el
 device layout, so a run resumes on another device count.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -174,31 +173,3 @@ def test_jax_batch_not_divisible_by_devices_is_padded_and_masked(tmp_path, mnist
     flax_train(tmp_path / "one", "--max-steps", 5, "--batch-size", 100)
     flax_train(tmp_path / "three", "--max-steps", 5, "--batch-size", 100, devices=3)
     assert_close_runs(tmp_path / "three", tmp_path / "one", steps=5)
-
-
-SCALING = REPO / "benchmarks" / "scaling.py"
-
-
-def test_scaling_benchmark_reports_one_and_two(tmp_path, mnist_root):
-    result = run([sys.executable, str(SCALING), "--steps", "3", "--devices", "1,2",
-                  "--out-dir", str(tmp_path)])
-    results = json.loads((tmp_path / "scaling-cpu.json").read_text())
-    rows = {(row["framework"], row["count"]): row for row in results["rows"]}
-    assert set(rows) == {("torch", 1), ("torch", 2), ("flax", 1), ("flax", 2)}
-    for (_, count), row in rows.items():
-        assert row["steps"] == 3 and row["images_per_second"] > 0
-        assert (f"x {count} " in row["device"]) == (count > 1), row["device"]
-    # Three identical steps on 1 and 2 devices end at the same loss.
-    for framework in ("torch", "flax"):
-        assert abs(rows[framework, 1]["final_loss"] - rows[framework, 2]["final_loss"]) < 1e-5
-    table = (tmp_path / "scaling-cpu.md").read_text()
-    assert table.count("| torch |") == 2 and table.count("| flax |") == 2
-    assert table in result.stdout
-
-
-def test_scaling_benchmark_rejects_bad_counts():
-    process = subprocess.run([sys.executable, str(SCALING), "--devices", "1,0"], cwd=REPO,
-                             capture_output=True, text=True, env=cli_env())
-    lines = process.stderr.strip().splitlines()
-    assert process.returncode == 2 and len(lines) == 1, process.stderr
-    assert lines[0].startswith("benchmarks/scaling.py: error: ") and "at least 1" in lines[0]

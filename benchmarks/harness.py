@@ -1,0 +1,292 @@
+"""The harness every measurement runs in: how a figure is timed, what the benchmark may do to
+the disk, how it runs a process, and how it stops.
+
+Timing: each function's first call alone (compile), a warm-up, then windows of calls ended by a
+device synchronisation, the variants of a measurement interleaved (A B A B ...) so that drift
+hits all alike; median and min-max; beside every window the share of the CPUs that other
+processes took (/proc/stat): on a shared machine torch's OpenMP threads slow down many times
+over, XLA's far less.
+
+Files: in its out-dir the benchmark replaces only files a benchmark run wrote: a results JSON
+(by its schema key) and, beside one, its report (a `.md` starting with the report's title, a
+Matplotlib `.png`); anything else under a name it would write is refused in one line before
+anything is measured. Each finished figure goes into `<device>.partial.json`; only a complete
+run replaces `<device>.json`, `.md` and `.png` (then removes the partial file).
+"""
+
+import collections
+import contextlib
+import json
+import math
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import REPO
+from mnist_common.errors import UsageError, describe
+from mnist_common.fileio import say, write_text_atomic
+
+WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
+QUIET = 0.1  # --wait-quiet: at most this share of the CPUs used by other processes
+METHOD = ("each function is called once alone (first call: compile/jit/autotune), then "
+          "warmed up; a repeat is a window of several calls ended by a device "
+          "synchronisation; variants are interleaved A B A B ...; median and min-max "
+          "over repeats")
+_STARTED = time.perf_counter()
+SCHEMA = "mnist-cnn-benchmark/1"
+SCALING_SCHEMA = "mnist-cnn-scaling/1"
+_TITLES = (b"# MNIST CNN benchmark", b"# Data-parallel scaling")  # report.py's first lines
+_MATPLOTLIB_PNG = b"Software\x00Matplotlib"  # the tEXt chunk Matplotlib writes into a PNG
+
+# One function to time: `call()` does one unit of work, `sync(result)` waits for it.
+Candidate = collections.namedtuple("Candidate", "name call sync")
+
+
+def status(message):
+    """One progress line on stderr, prefixed with the seconds since start."""
+    say(f"{time.perf_counter() - _STARTED:6.1f}s {message}")
+
+
+def summarize(samples):
+    """Median, min and max of a list of numbers (and the numbers)."""
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "samples": list(samples)}
+
+
+def rates(seconds_per_call, work_per_call):
+    """`summarize` of work / second from seconds-per-call samples."""
+    return summarize([work_per_call / s for s in seconds_per_call["samples"]])
+
+
+def describe_error(err):
+    """One line for the results file: the exception's type and first message line."""
+    return describe(err)[:500]
+
+
+def process_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_busy_seconds():
+    try:
+        ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait
+
+
+class OtherLoad:
+    """Share of all CPUs that other processes used between creation and stop() (Linux)."""
+
+    def __init__(self):
+        self.busy, self.mine = _machine_busy_seconds(), process_cpu_seconds()
+        self.wall = time.perf_counter()
+
+    def seconds(self):
+        return time.perf_counter() - self.wall
+
+    def stop(self):
+        """Other processes' CPU-seconds / (wall seconds x CPUs), or None off Linux."""
+        busy = _machine_busy_seconds()
+        if busy is None or self.busy is None:
+            return None
+        others = (busy - self.busy) - (process_cpu_seconds() - self.mine)
+        capacity = self.seconds() * os.cpu_count()
+        # /proc/stat counts in 10 ms ticks: clamp the rounding of short windows into [0, 1].
+        return min(1.0, max(0.0, others / capacity)) if capacity > 0 else None
+
+
+def fmt_share(value):
+    return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
+def wait_for_quiet(limit_seconds):
+    """Wait (up to `limit_seconds`) until other processes use < 10 % of the CPUs for 1 s."""
+    deadline, said = time.perf_counter() + limit_seconds, False
+    while time.perf_counter() < deadline:
+        other_load = OtherLoad()
+        time.sleep(1.0)
+        load = other_load.stop()
+        if load is None or load < QUIET:
+            return
+        if not said:
+            status(f"  waiting for a quiet machine (others use {fmt_share(load)} of the CPUs)")
+            said = True
+    if said:
+        status("  still busy: measuring anyway")
+
+
+def first_calls(cand, settings):
+    """(seconds of the first call, seconds of the last warm-up call) of one candidate."""
+    seconds = []
+    for _ in range(1 + settings.warmup_steps):
+        start = time.perf_counter()
+        cand.sync(cand.call())
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[-1]
+
+
+def timed_window(cand, calls, settings):
+    """(seconds per call, calls made, others' CPU share) of one window of up to `calls` calls;
+    it ends early past WINDOW_LIMIT_FACTOR x --window-seconds (a machine that got busy)."""
+    longest = WINDOW_LIMIT_FACTOR * settings.window_seconds
+    other_load = OtherLoad()
+    for done in range(1, calls + 1):
+        out = cand.call()
+        if done >= settings.min_steps and other_load.seconds() > longest:
+            break
+    cand.sync(out)
+    return other_load.seconds() / done, done, other_load.stop()
+
+
+def windows_load(results):
+    """The other-process CPU shares of every timed window in these timing results."""
+    return [load for result in results for load in result.get("other_load_per_window", [])
+            if load is not None]
+
+
+def time_interleaved(candidates, settings):
+    """Time each candidate: first call alone, warm-up, then `repeats` interleaved windows.
+
+    Returns {name: {"first_call_seconds", "calls_per_window", "other_load_per_window",
+    "seconds_per_call": stats}} or {name: {"error": "..."}} for a candidate that raised.
+    """
+    wait_for_quiet(settings.wait_quiet)
+    results, live = {}, []
+    for cand in candidates:
+        try:
+            first, estimate = first_calls(cand, settings)
+        except Exception as err:  # e.g. torch.compile without a working compiler
+            results[cand.name] = {"error": describe_error(err)}
+            status(f"  {cand.name}: failed: {results[cand.name]['error']}")
+            continue
+        calls = max(settings.min_steps, math.ceil(settings.window_seconds / max(estimate, 1e-7)))
+        results[cand.name] = {"first_call_seconds": first, "calls_per_window": [],
+                              "other_load_per_window": [], "samples": []}
+        live.append((cand, calls))
+    for _ in range(settings.repeats):
+        for cand, calls in live:
+            result = results[cand.name]
+            if "error" in result:
+                continue
+            try:
+                seconds, done, load = timed_window(cand, calls, settings)
+            except Exception as err:
+                results[cand.name] = {"error": describe_error(err)}
+                continue
+            result["samples"].append(seconds)
+            result["calls_per_window"].append(done)
+            result["other_load_per_window"].append(load)
+    for result in results.values():
+        if "samples" in result:
+            result["seconds_per_call"] = summarize(result.pop("samples"))
+    return results
+
+
+def read_results(path):
+    """The results (or scaling) dict in `path`, or None when it is not one of this benchmark's."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    ok = isinstance(results, dict) and results.get("schema") in (SCHEMA, SCALING_SCHEMA)
+    return results if ok else None
+
+
+def ours(path):
+    """True when `path` is free, or holds what this benchmark writes under that name."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return True
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".json":
+        return read_results(path) is not None
+    if read_results(path.with_suffix(".json")) is None:
+        return False  # a report is the benchmark's only beside a results JSON of it
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if path.suffix == ".md":
+        return head.startswith(_TITLES)
+    return path.suffix == ".png" and head.startswith(b"\x89PNG") and _MATPLOTLIB_PNG in head
+
+
+def output_names(stem):
+    return [f"{stem}.json", f"{stem}.md", f"{stem}.png", f"{stem}.partial.json"]
+
+
+def refuse_strangers(directory, names, flag="--out-dir"):
+    """A UsageError naming the files among `names` in `directory` this benchmark did not write."""
+    try:
+        strangers = [name for name in names if not ours(Path(directory) / name)]
+    except OSError as err:
+        raise UsageError(f"{flag} {directory}: cannot read it ({err.strerror or err})") from None
+    one = len(strangers) == 1
+    if strangers:
+        raise UsageError(f"{flag} {directory}: {', '.join(strangers)} {'is' if one else 'are'} "
+                         f"not this benchmark's output and would be replaced; move "
+                         f"{'it' if one else 'them'} or choose another {flag}")
+
+
+def prepare_out_dir(path, names):
+    """Check `names` in `path`, then create it (probed by a real write); returns the
+    directories created, deepest first. A failure leaves nothing created behind."""
+    path, created = Path(path), []
+    refuse_strangers(path, names)
+    try:
+        missing = path.absolute()
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=path, prefix=".probe-").close()
+    except OSError as err:
+        remove_if_empty(created)
+        raise UsageError(f"--out-dir {path}: cannot write there ({err.strerror or err})") from None
+    return created
+
+
+def remove_if_empty(directories):
+    """Remove the directories a run created, deepest first, where it left nothing in them."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def write_json(path, results):
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+
+
+def run_process(words, env=None, timeout=None):
+    """The one way the benchmark runs a program: from the repository root, no stdin, output
+    captured. Returns (subprocess.CompletedProcess, wall seconds)."""
+    start = time.perf_counter()
+    done = subprocess.run(words, cwd=REPO, env=env, stdin=subprocess.DEVNULL, text=True,
+                          capture_output=True, timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (as from `timeout`), raised like Ctrl-C: no section catches it."""
+
+
+def handle_sigterm():
+    def terminate(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def stop_signal(err):
+    """The signal `err` stands for (SIGINT, SIGTERM, or the loop's exit after one), or None."""
+    if isinstance(err, KeyboardInterrupt):
+        return signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+    if isinstance(err, SystemExit) and err.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return signal.Signals(err.code - 128)
+    return None

@@ -1,0 +1,355 @@
+"""The isolated measurements, on the engines (`torch_impl.backend`, `flax_impl.backend`): the
+variants timed side by side, FLOPs per image, peak GEMM, the train step and logits per batch
+size, and each conv and linear layer alone. A variant other than the engine's own only swaps a
+piece of the engine's state (the model's memory format, a compiled model, the Flax module), and
+for XLA's defaults jits the same step plainly. A measurement over several batch sizes or layers
+yields (key, figures) as each one is done, so a stopped run keeps them."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import linen
+
+from benchmarks.environment import memory, reset_torch_peak
+from benchmarks.harness import (
+    Candidate,
+    describe_error,
+    rates,
+    status,
+    time_interleaved,
+    windows_load,
+)
+from flax_impl import backend as flax_backend
+from flax_impl import xla_cpu
+from flax_impl.model import CNN as FlaxCNN
+from mnist_common import architecture
+from mnist_common.architecture import INPUT_SHAPE, NUM_CLASSES
+from mnist_common.config import Config
+from torch_impl import backend as torch_backend
+
+VARIANTS = {
+    "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
+    "torch-channels-last": "the same with model and input in torch.channels_last memory format",
+    "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
+    "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
+                "model flax_impl.backend.create_model(placement) ships for this device",
+    "flax-xla-defaults": "the same step under a plain jax.jit (XLA's default compiler options) "
+                         "with flax_impl.model.CNN() at its defaults (Flax's max-pool): what "
+                         "the engine changes on the CPU; run only where it changes something",
+}
+BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
+DEFAULT_VARIANT = {"torch": "torch-eager", "flax": "flax-jit"}  # what the training CLIs run
+BACKENDS = {"torch": torch_backend, "flax": flax_backend}
+TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
+GEMM_SIZE = {"cpu": 2048, "gpu": 8192}
+CONVENTION = ("forward FLOPs = 2 x multiply-adds of each conv and linear layer (bias, ReLU, "
+              "max-pool, softmax and loss not counted); training FLOPs = 3 x forward "
+              "(backward = input gradient + weight gradient, each about one forward)")
+LAYER_NOTE = "layer.0 gets no input gradient (as in training); the others do"
+
+
+@dataclasses.dataclass
+class Variant:
+    """An engine's train state on one device, and how a placed batch is adapted for it."""
+
+    name: str
+    framework: str
+    state: object  # the engine's TrainState; train steps replace it
+    placement: object  # the engine's Placement (one device)
+    sync: object  # waits for a result of this framework on this device
+    adapt: object = None  # placed batch -> the batch this variant feeds (None: unchanged)
+    train_step: object = None  # (state, batch) -> (state, metrics); None: the engine's
+    logits: object = None  # (state, batch) -> NumPy logits; None: the engine's
+
+    @property
+    def backend(self):
+        return BACKENDS[self.framework]
+
+
+def flax_engine_differs(placement):
+    """True where the engine compiles or builds its model otherwise than a plain jax.jit of
+    the stock module would (the CPU: `flax_impl.xla_cpu`)."""
+    return placement.device.platform == "cpu" or flax_backend.create_model(placement) != FlaxCNN()
+
+
+def torch_variant(name, device, config=TUTORIAL):
+    """torch eager NCHW, eager channels_last, or torch.compile over the engine's state."""
+    state = torch_backend.create_train_state(config, device.torch)
+    adapt = None
+    if name == "torch-channels-last":
+        state.model.to(memory_format=torch.channels_last)  # in place: the optimizer still fits
+
+        def adapt(batch):
+            return batch[0].contiguous(memory_format=torch.channels_last), batch[1]
+    elif name == "torch-compile":
+        # A fixed shape per batch size, as the tutorial uses: one static graph each.
+        state = state._replace(model=torch.compile(state.model, dynamic=False))
+    return Variant(name, "torch", state, device.torch, device.torch_sync, adapt)
+
+
+def plain_train_step(state, batch):
+    """The engine's train step (cross-entropy, gradient, Adam update) as a plain function, for
+    a `jax.jit` at XLA's default options; `tests/test_benchmark.py` checks it against
+    `flax_impl.backend.train_step`."""
+    images, labels = batch
+
+    def loss_fn(params):
+        return flax_backend.cross_entropy(state.apply_fn({"params": params}, images), labels)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def flax_variant(name, device, config=TUTORIAL):
+    """The engine's Flax state and step, or the same step and params under a plain jax.jit
+    with the stock module."""
+    state = flax_backend.create_train_state(config, device.flax)
+    if name != "flax-xla-defaults":
+        return Variant(name, "flax", state, device.flax, device.jax_sync)
+    # Same params and optax transform; only the module and the compiler options differ.
+    stock = FlaxCNN()
+    state = state.replace(apply_fn=stock.apply)
+    forward = jax.jit(stock.apply)
+    return Variant(name, "flax", state, device.flax, device.jax_sync,
+                   train_step=jax.jit(plain_train_step),
+                   logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
+
+
+def build_variants(device, names):
+    """The variants this device can run: {name: Variant} and {name: reason} for the rest."""
+    built, skipped = {}, {}
+    for name in names:
+        framework = name.split("-")[0]
+        if framework == "torch" and device.torch is None:
+            skipped[name] = "PyTorch does not see this device"
+        elif framework == "flax" and device.flax is None:
+            skipped[name] = "JAX does not see this device"
+        elif name == "flax-xla-defaults" and not flax_engine_differs(device.flax):
+            skipped[name] = "the engine already runs a plain jax.jit of the stock module here"
+        else:
+            build = torch_variant if framework == "torch" else flax_variant
+            built[name] = build(name, device)
+    return built, skipped
+
+
+def placed_batch(variant, batch_size, seed=0):
+    """A batch of random MNIST-like data (uint8 (B, 28, 28), int64 labels) cut on the device
+    by the engine, as the CLIs' default in-memory loader cuts real ones."""
+    rng = np.random.default_rng([seed, batch_size])
+    images = rng.integers(0, 256, (batch_size, *INPUT_SHAPE[1:]), dtype=np.uint8)
+    split = variant.backend.place_split(variant.placement, images,
+                                        rng.integers(0, NUM_CLASSES, batch_size))
+    batch = variant.backend.gather_batch(split, np.arange(batch_size))
+    return variant.adapt(batch) if variant.adapt else batch
+
+
+def train_candidate(variant, batch_size):
+    """One engine train step per call, the loss read back to the host as the loop does."""
+    batch = placed_batch(variant, batch_size)
+    step = variant.train_step or variant.backend.train_step
+
+    def call():
+        variant.state, metrics = step(variant.state, batch)
+        return float(metrics["loss"])
+
+    return Candidate(variant.name, call, variant.sync)
+
+
+def inference_candidate(variant, batch_size):
+    """The engine's logits (N, 10) of one batch per call, back on the host."""
+    batch = placed_batch(variant, batch_size)
+    logits = variant.logits or variant.backend.logits
+    return Candidate(variant.name, lambda: logits(variant.state, batch), variant.sync)
+
+
+def xla_forward_flops(batch=256):
+    """XLA's cost analysis of the stock Flax forward, per image (it adds bias, ReLU, pooling)."""
+    channels, height, width = architecture.INPUT_SHAPE
+    model = FlaxCNN()
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32))
+    x = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32)  # NHWC
+    cost = jax.jit(model.apply).lower(params, x).cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"] / batch
+
+
+def flop_counts():
+    """FLOPs per image (forward and training) and the per-layer breakdown, from the layer table
+    both models check themselves against, with XLA's own count beside it."""
+    forward = 2 * architecture.FORWARD_MULTIPLY_ADDS
+    counts = {"convention": CONVENTION, "forward_per_image": forward,
+              "train_per_image": 3 * forward, "layers": [
+                  {"layer": layer.key, "kind": layer.kind, "input_shape": list(layer.in_shape),
+                   "output_shape": list(layer.out_shape), "macs_per_image": layer.multiply_adds,
+                   "forward_flops_per_image": 2 * layer.multiply_adds}
+                  for layer in architecture.LAYERS]}
+    try:
+        counts["xla_cost_analysis_forward_per_image"] = xla_forward_flops()
+    except Exception as err:
+        counts["xla_cost_analysis_forward_per_image"] = None
+        counts["xla_cost_analysis_error"] = describe_error(err)
+    return counts
+
+
+def measure_gemm(device, settings):
+    """float32 GEMM rate with torch (the peak every % refers to) and with jnp, n³ each."""
+    n = GEMM_SIZE[device.kind]
+    rng = np.random.default_rng(0)
+    a_np, b_np = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    candidates = []
+    if device.torch is not None:
+        a, b = (torch.from_numpy(m).to(device.torch.device) for m in (a_np, b_np))
+        c = torch.empty_like(a)
+        candidates.append(Candidate("torch", lambda: torch.mm(a, b, out=c), device.torch_sync))
+    if device.flax is not None:
+        a_j, b_j = jax.device_put((a_np, b_np), device.flax.device)
+        matmul = jax.jit(jnp.matmul)
+        candidates.append(Candidate("jax", lambda: matmul(a_j, b_j), device.jax_sync))
+    out = {"size": n, "flops_per_call": 2 * n**3}
+    for name, result in time_interleaved(candidates, settings).items():
+        if "error" not in result:
+            result["gflop_per_second"] = rates(result["seconds_per_call"], 2 * n**3 / 1e9)
+        out[name] = result
+    return out
+
+
+def peak_gflops(gemm):
+    """The device's measured peak: torch's float32 GEMM median, else jnp's."""
+    for name in ("torch", "jax"):
+        if "gflop_per_second" in gemm.get(name, {}):
+            return gemm[name]["gflop_per_second"]["median"]
+    return None
+
+
+def per_batch(device, variants, settings, kind, flops, peak):
+    """Yields (batch, {variant: timing with rates}) of train steps (kind "train") or logits
+    ("inference"), the variants interleaved."""
+    train = kind == "train"
+    batch_sizes = settings.train_batch_sizes if train else settings.inference_batch_sizes
+    candidate = train_candidate if train else inference_candidate
+    flops_per_image = flops["train_per_image" if train else "forward_per_image"]
+    for batch_size in batch_sizes:
+        status(f"[{device.kind}] {'training' if train else 'inference'}, batch {batch_size}: "
+               f"{', '.join(variants)}")
+        reset_torch_peak(device)
+        timed = time_interleaved([candidate(v, batch_size) for v in variants.values()],
+                                 settings)
+        snapshot = memory(device)
+        for result in (r for r in timed.values() if "error" not in r):
+            per_call = result["seconds_per_call"]
+            result["images_per_second"] = rates(per_call, batch_size)
+            result["gflop_per_second"] = rates(per_call, batch_size * flops_per_image / 1e9)
+            result["percent_of_peak"] = (100 * result["gflop_per_second"]["median"] / peak
+                                         if peak else None)
+            result["memory"] = snapshot
+        yield batch_size, timed  # saved before it is printed
+        status(f"[{device.kind}]   " + ", ".join(
+            f"{name} " + ("failed" if "error" in result
+                          else f"{result['images_per_second']['median']:.0f} images/s")
+            for name, result in timed.items()))
+
+
+def latency(inference):
+    """Single-image latency (ms) per variant, from the batch-1 inference windows."""
+    return {name: {k: 1e3 * result["seconds_per_call"][k] for k in ("median", "min", "max")}
+            for name, result in inference.get(1, {}).items() if "error" not in result}
+
+
+def torch_layer_candidates(row, device, batch_size, module):
+    """torch forward and forward+backward of one layer (NCHW input)."""
+    x = torch.rand((batch_size, *row["input_shape"]), device=device.torch.device)
+    grad = torch.rand((batch_size, *row["output_shape"]), device=device.torch.device)
+    x_grad = x.clone().requires_grad_(row["layer"] != "layer.0")  # the image needs no gradient
+
+    def forward():
+        with torch.no_grad():
+            return module(x)
+
+    def forward_backward():
+        module.zero_grad(set_to_none=True)
+        module(x_grad).backward(grad)
+
+    return (Candidate("torch", forward, device.torch_sync),
+            Candidate("torch", forward_backward, device.torch_sync))
+
+
+def flax_layer(row, batch_size):
+    """(module, input shape, output shape) of one layer, NHWC."""
+    if row["kind"] == "conv":
+        (c_in, h, w), (c_out, h_out, w_out) = row["input_shape"], row["output_shape"]
+        kernel = architecture.layer(row["layer"]).kernel
+        module = linen.Conv(c_out, kernel_size=(kernel, kernel), padding="VALID")
+        return module, (batch_size, h, w, c_in), (batch_size, h_out, w_out, c_out)
+    module = linen.Dense(row["output_shape"][0])
+    return module, (batch_size, *row["input_shape"]), (batch_size, *row["output_shape"])
+
+
+def flax_layer_candidates(row, device, batch_size, name, jit):
+    """Flax forward and forward+backward (vjp) of one layer (NHWC input), jitted by `jit`."""
+    module, x_shape, y_shape = flax_layer(row, batch_size)
+    key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.device_put(jax.random.uniform(key_x, x_shape), device.flax.device)
+    grad = jax.device_put(jax.random.uniform(key_g, y_shape), device.flax.device)
+    params = jax.device_put(module.init(key_p, x[:1]), device.flax.device)
+    needs_input_grad = row["layer"] != "layer.0"
+    forward = jit(module.apply)
+
+    @jit
+    def forward_backward(params, x, grad):
+        if needs_input_grad:
+            y, vjp = jax.vjp(module.apply, params, x)
+        else:
+            y, vjp = jax.vjp(lambda p: module.apply(p, x), params)
+        return y, vjp(grad)  # y too: a linear layer's vjp does not need it, XLA would drop it
+
+    return (Candidate(name, lambda: forward(params, x), device.jax_sync),
+            Candidate(name, lambda: forward_backward(params, x, grad), device.jax_sync))
+
+
+def layer_candidates(row, device, batch_size, torch_modules):
+    """Forward candidates then forward+backward candidates of one layer, named impl/pass."""
+    pairs = []
+    if device.torch is not None:
+        pairs.append(torch_layer_candidates(row, device, batch_size, torch_modules[row["layer"]]))
+    if device.flax is not None:
+        impls = {"flax": xla_cpu.jit}  # as the engine jits its train step
+        if row["kind"] == "conv" and flax_engine_differs(device.flax):
+            impls["xla-default"] = jax.jit  # XLA's default options beside the engine's
+        pairs += [flax_layer_candidates(row, device, batch_size, name, jit)
+                  for name, jit in impls.items()]
+    return ([f._replace(name=f"{f.name}/forward") for f, _ in pairs]
+            + [b._replace(name=f"{b.name}/forward_backward") for _, b in pairs])
+
+
+def layer_entry(row, timed):
+    """One row of the results: ms per pass and implementation, first calls, others' load."""
+    entry = {**row, "forward_ms": {}, "forward_backward_ms": {}, "first_call_seconds": {},
+             "other_load": max(windows_load(timed.values()), default=None)}
+    for name, result in timed.items():
+        impl, pass_ = name.split("/")
+        if "error" in result:
+            entry[f"{pass_}_ms"][impl] = {"error": result["error"]}
+            continue
+        per_call = result["seconds_per_call"]
+        entry[f"{pass_}_ms"][impl] = {k: 1e3 * per_call[k] for k in ("median", "min", "max")}
+        entry["first_call_seconds"][f"{impl}/{pass_}"] = result["first_call_seconds"]
+    return entry
+
+
+def measure_layers(device, settings, flops):
+    """Yields the batch size, the note, then the rows so far after each layer: torch vs Flax
+    as the engine jits it vs Flax under a plain jax.jit."""
+    batch_size = settings.layer_batch_size
+    torch_modules = ({} if device.torch is None else
+                     dict(torch_backend.create_model(device.torch).named_modules()))
+    yield "batch_size", batch_size
+    yield "note", LAYER_NOTE
+    rows = []
+    for row in flops["layers"]:
+        status(f"[{device.kind}] layer {row['layer']} ({row['kind']}), batch {batch_size}")
+        candidates = layer_candidates(row, device, batch_size, torch_modules)
+        rows.append(layer_entry(row, time_interleaved(candidates, settings)))
+        yield "rows", rows

@@ -1,0 +1,218 @@
+"""Training as users run it, on real MNIST: the CLIs' loop (`mnist_common.loop`) in this process
+for one epoch, and stopped at the first epoch that reaches 98.5 % test accuracy; the training
+CLIs as fresh processes (`--cli`) and on 1 and N processes / devices (`run.py scaling`)."""
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import REPO
+from benchmarks.environment import memory
+from benchmarks.harness import (
+    OtherLoad,
+    describe_error,
+    run_process,
+    status,
+    wait_for_quiet,
+)
+from benchmarks.isolated import BACKENDS, DEFAULT_VARIANT, TUTORIAL
+from mnist_common import data, loop
+from mnist_common.config import PRECISIONS, Config
+from mnist_common.errors import DataError, UsageError
+
+DEVICE_FLAG = {"cpu": "cpu", "gpu": "cuda"}  # the CLIs' --device for a benchmark device
+QUICK_STEPS = 2  # --quick: train steps of a run (then it still evaluates every test image)
+TARGET_ACCURACY = 0.985  # the tutorial reports 98.53 % after 10 epochs
+CLI_TIMEOUT_S = 3600
+_PREALLOCATION = {}  # what keep_gpu_memory_free changed, to undo it for the CLI processes
+
+
+def prepare_data(quick):
+    """(data root, None) or (None, why not): --quick only uses MNIST already prepared."""
+    try:
+        return data.prepare_data(None, sources=[] if quick else None, progress=not quick), None
+    except DataError as err:
+        return None, str(err)
+
+
+def frameworks(device):
+    return [name for name in BACKENDS if getattr(device, name) is not None]
+
+
+class Run(loop.TrainingRun):
+    """The CLIs' training run, in a temp dir that goes with it: a stop (Ctrl-C, SIGTERM) leaves
+    no checkpoint and prints no `--resume` command; with `until_target`, it ends after the
+    first epoch whose test accuracy (the loop's own evaluation, not timed) reaches the target."""
+
+    until_target = False
+
+    def stop(self, signum):
+        raise SystemExit(128 + signum)
+
+    def train_epoch(self, stop_requests, bar):
+        stopping = super().train_epoch(stop_requests, bar)
+        epochs = self.progress["epochs"]
+        if self.until_target and epochs and epochs[-1]["test_accuracy"] >= TARGET_ACCURACY:
+            self.total_steps = self.progress["global_step"]
+        return stopping
+
+
+def train_in_loop(device, framework, config, splits, until_target=False):
+    """One run of the CLIs' loop on the benchmark's placement, in a temp dir: (metrics, wall
+    seconds, others' CPU share). `splits` = (data root, train arrays, test arrays)."""
+    backend, placement = BACKENDS[framework], getattr(device, framework)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        config = dataclasses.replace(config, out_dir=tmp, progress=False)
+        run = Run(config, backend, placement, splits)
+        run.until_target = until_target
+        state = backend.create_train_state(config, placement)
+        other_load = OtherLoad()
+        metrics = run.train(state, Path(tmp), None)
+        return metrics, other_load.seconds(), other_load.stop()
+
+
+def measure_end_to_end(device, settings, splits):
+    """Yields (framework, figures) of one epoch (--quick: QUICK_STEPS steps) through the loop."""
+    max_steps = QUICK_STEPS if settings.quick else None
+    config = Config(epochs=1, max_steps=max_steps, precision=settings.precision)
+    for framework in frameworks(device):
+        status(f"[{device.kind}] end to end, {framework}: the CLIs' loop, 1 epoch"
+               + (f", {max_steps} steps" if max_steps else ""))
+        wait_for_quiet(settings.wait_quiet)
+        metrics, wall, load = train_in_loop(device, framework, config, splits)
+        yield framework, {
+            "variant": DEFAULT_VARIANT[framework], "complete_epoch": max_steps is None,
+            **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
+                                       "test_accuracy")},
+            "wall_seconds": wall, "other_load": load, "memory": memory(device)}
+        status(f"[{device.kind}]   {framework}: {metrics['train_seconds']:.1f} s, "
+               f"{metrics['train_images_per_second']:.0f} images/s, test accuracy "
+               f"{100 * metrics['test_accuracy']:.2f} %")
+
+
+def beside_isolated(end_to_end, train, batch_size=TUTORIAL.batch_size):
+    """Add the isolated train step's images/s at the same batch size, and the ratio."""
+    for entry in end_to_end.values():
+        isolated = train.get(batch_size, {}).get(entry["variant"], {})
+        rate = isolated.get("images_per_second", {}).get("median")
+        entry["isolated_step_images_per_second"] = rate
+        entry["end_to_end_vs_isolated"] = entry["train_images_per_second"] / rate if rate else None
+
+
+def measure_time_to_accuracy(device, splits, config=TUTORIAL):
+    """Yields (variant, run) per framework: the CLIs' loop (data on the device, compile
+    included) until test accuracy >= TARGET_ACCURACY or `config.epochs`."""
+    for framework in frameworks(device):
+        status(f"[{device.kind}] time to {100 * TARGET_ACCURACY:.1f} %, {framework}")
+        metrics, _, load = train_in_loop(device, framework, config, splits, until_target=True)
+        epochs = [{k: e[k] for k in ("epoch", "train_seconds", "test_accuracy")}
+                  for e in metrics["epochs"]]
+        reached = epochs[-1]["test_accuracy"] >= TARGET_ACCURACY
+        yield DEFAULT_VARIANT[framework], {
+            "framework": framework, "target_accuracy": TARGET_ACCURACY, "reached": reached,
+            "epochs_to_target": len(epochs) if reached else None,
+            "seconds_to_target": metrics["train_seconds"] if reached else None,
+            "epochs": epochs, "max_epochs": config.epochs,
+            "first_call_seconds": metrics["first_call_seconds"], "other_load": load,
+            "memory": memory(device)}
+
+
+def keep_gpu_memory_free():
+    """This process's JAX allocates as it goes (not 75 % up front), so a CLI beside it fits;
+    the CLI processes get the environment as it was."""
+    if "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
+        _PREALLOCATION["XLA_PYTHON_CLIENT_PREALLOCATE"] = None
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+
+def run_training_cli(words, out_dir, env=None):
+    """A training CLI as a fresh process: (its metrics.json, process seconds); a failure is a
+    UsageError with its exit status and last line."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k not in _PREALLOCATION}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done, seconds = run_process(words, env, timeout=CLI_TIMEOUT_S)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UsageError(f"exit status {done.returncode}: {last}"[:500])
+    return json.loads((Path(out_dir) / "metrics.json").read_text()), seconds
+
+
+def cli_command(framework, device, precision, quick, out_dir, data_root):
+    """The training CLI's command line, as a user types it."""
+    words = [sys.executable, "-m", f"{framework}_impl.train", "--device", DEVICE_FLAG[device.kind],
+             "--precision", precision, "--no-progress", "--out-dir", str(out_dir),
+             "--data-dir", str(data_root)]
+    return words + (["--epochs", "1", "--max-steps", str(QUICK_STEPS)] if quick else [])
+
+
+def cli_figures(framework, device, precision, settings, data_root):
+    """One training CLI run in a fresh process: its metrics.json figures and its wall time."""
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        words = cli_command(framework, device, precision, settings.quick, Path(tmp) / "run",
+                            data_root)
+        other_load = OtherLoad()
+        metrics, process_seconds = run_training_cli(words, Path(tmp) / "run")
+    first_call = metrics.get("first_call_seconds")  # the first dispatch: compile + its steps
+    return {"command": shlex.join(["python", *words[1:]]).replace(tmp, "<tmp>"),
+            "epochs": metrics["config"]["epochs"], "process_seconds": process_seconds,
+            **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
+                                       "test_accuracy")},
+            "ten_epoch_train_seconds": None if settings.quick or metrics["config"]["epochs"] != 10
+            else metrics["train_seconds"], "first_call_seconds": first_call or 0.0,
+            "first_call_recorded": first_call is not None, "other_load": other_load.stop()}
+
+
+def measure_cli(device, settings, data_root):
+    """Yields (framework, {precision: figures}): every precision on a GPU, the chosen one on a
+    CPU (float32 there either way)."""
+    if device.kind == "gpu" and device.torch is not None:
+        import torch
+
+        torch.cuda.empty_cache()
+    for framework in frameworks(device):
+        runs = {}
+        for precision in PRECISIONS if device.kind == "gpu" else (settings.precision,):
+            status(f"[{device.kind}] CLI, {framework}, --precision {precision}")
+            try:
+                runs[precision] = cli_figures(framework, device, precision, settings, data_root)
+            except (OSError, ValueError, KeyError, UsageError, subprocess.SubprocessError) as err:
+                runs[precision] = {"error": describe_error(err)}
+            yield framework, runs
+
+
+def scaling_point(framework, count, device, steps, out_dir):
+    """One real training run at global batch 256 on `count` processes (torchrun) / devices."""
+    words = [sys.executable, "-m", f"{framework}_impl.train", "--max-steps", str(steps),
+             "--no-progress", "--device", device, "--out-dir", str(out_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if framework == "torch" and count > 1:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        words[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
+                      "-m"]
+    elif framework == "flax" and device == "cpu":
+        env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                            f"--xla_force_host_platform_device_count={count}").strip()
+    elif framework == "flax":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(count)))
+    status(f"scaling: {framework} on {count} {'processes' if framework == 'torch' else 'devices'}")
+    try:
+        metrics, _ = run_training_cli(words, out_dir, env)
+    except UsageError as err:
+        raise UsageError(f"{' '.join(words[1:6])} ... failed: {err}") from None
+    return {"framework": framework, "count": count, "device": metrics["device"],
+            "steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
+            "images_per_second": metrics["train_images_per_second"],
+            "final_loss": metrics["step_losses"][-1]}
+
+
+def measure_scaling(device, steps, counts):
+    """Both frameworks on each count, in a scratch dir: the rows of scaling-<device>.json."""
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as scratch:
+        return [scaling_point(framework, count, device, steps, Path(scratch) / f"{framework}-"
+                              f"{count}") for framework in ("torch", "flax") for count in counts]
