@@ -58,3 +58,10 @@ def nan_loss_at_step(monkeypatch, backend, step):
 
     monkeypatch.setattr(backend, "train_step", train_step)
     return real_step
+
+
+def checkpoint_step(out_dir):
+    """The step of the checkpoint in `out_dir`."""
+    from mnist_common.checkpoints import load_checkpoint
+
+    return load_checkpoint(out_dir).progress["global_step"]
