@@ -1,26 +1,36 @@
-"""Helpers for the CLI, bad-input, checkpoint and resume tests (fixtures: conftest.py).
+"""Running the CLIs in tests: in a subprocess, or in-process as `python -m` would; their error
+lines; the outputs of a finished run.
 
-Subprocess helpers run the real CLIs from the repository root; in-process helpers call the same
-`main` through `run_cli`, which is all a CLI adds, and are used where a subprocess would only add
-interpreter start-up. (Not in conftest.py: parity_tests/ has a conftest module of its own, so
-`from conftest import ...` would be ambiguous.)
+The one subprocess runner is `start_python` (`run_python` waits for it): the real commands run
+from the repository root, with it on PYTHONPATH. In-process runs call a CLI's `main` through
+`run_cli`, which is all a CLI adds, where a subprocess would only add interpreter start-up.
+Messages name a CLI by `mnist_common.config.program`. (Not in conftest.py: parity_tests/ has a
+conftest module of its own, so `from conftest import ...` would be ambiguous.)
 """
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flax_impl import evaluate as flax_evaluate
+from flax_impl import train as flax_train
 from mnist_common.errors import run_cli
+from torch_impl import evaluate as torch_evaluate
+from torch_impl import train as torch_train
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_TRAIN = 100  # with --batch-size 16: 7 steps per epoch, the last one 4 images
-SMALL_TEST = 200
+TESTS = Path(__file__).resolve().parent
+TRAIN = {"torch": torch_train.main, "flax": flax_train.main}  # each CLI's `main`
+EVALUATE = {"torch": torch_evaluate.main, "flax": flax_evaluate.main}
+
+
+# --- subprocesses -------------------------------------------------------------------------------
 
 
 def cli_env(**extra):
@@ -34,28 +44,37 @@ def cli_env(**extra):
     return env
 
 
-def nan_loss_at_step(monkeypatch, backend, step):
-    """Patch `backend.train_step` (torch) to report a NaN loss at its `step`-th call (1-based);
-    the weights still take the real step. Returns the real train_step."""
-    import torch  # here: most users of this module never load torch
-
-    real_step, calls = backend.train_step, [0]
-
-    def train_step(state, batch):
-        calls[0] += 1
-        state, metrics = real_step(state, batch)
-        return state, {"loss": torch.tensor(float("nan"))} if calls[0] == step else metrics
-
-    monkeypatch.setattr(backend, "train_step", train_step)
-    return real_step
-
-
-def start_cli(module, *args, env=None, **popen_kwargs):
-    """Start `python -m module ARGS` in the repository root (output captured as text)."""
+def start_python(*argv, env=None, prefix=()):
+    """Start `[PREFIX] python ARGV` in the repository root (output captured as text)."""
     return subprocess.Popen(
-        [sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env or cli_env(),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        **popen_kwargs)
+        [*prefix, sys.executable, *map(str, argv)], cwd=REPO, env=env or cli_env(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_cli(module, *args, env=None, prefix=()):
+    """Start `python -m module ARGS` in the repository root."""
+    return start_python("-m", module, *args, env=env, prefix=prefix)
+
+
+def finish(process, timeout=300):
+    """Wait for a process from `start_python`; a CompletedProcess."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{process.args} timed out; stderr: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_python(*argv, env=None, timeout=300):
+    """Run `python ARGV` to completion."""
+    return finish(start_python(*argv, env=env), timeout)
+
+
+def run_cli_subprocess(module, *args, env=None, timeout=300):
+    """Run `python -m module ARGS` to completion."""
+    return finish(start_cli(module, *args, env=env), timeout)
 
 
 # Runs `python -m MODULE ARGS` with the engine's train_steps wrapped: once STEP steps are done
@@ -89,16 +108,11 @@ def start_cli_paused_at_step(module, step, ready, *args, env=None):
     """Start a training CLI that pauses after `step` steps until it is sent SIGINT or SIGTERM;
     it writes the step it paused at into the file `ready` first. The test, not the machine's
     speed, decides where the run is interrupted."""
-    return subprocess.Popen(
-        [sys.executable, "-c", _PAUSED_AT_STEP, str(ready), str(step), module, *map(str, args)],
-        cwd=REPO, env=env or cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    return start_python("-c", _PAUSED_AT_STEP, ready, step, module, *args, env=env)
 
 
 def wait_for_file(path, process, timeout=300):
     """Wait until `path` exists (while `process` runs); its text."""
-    import time
-
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
         if process.poll() is not None:
@@ -111,20 +125,21 @@ def wait_for_file(path, process, timeout=300):
     return Path(path).read_text()
 
 
-def finish(process, timeout=300):
-    """Wait for a process from `start_cli`; a CompletedProcess."""
+# --- in-process ---------------------------------------------------------------------------------
+
+
+def run_in_process(main, argv, prog, capsys):
+    """Call a CLI's `main` as its `__main__` does; (exit status, stdout, stderr)."""
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{process.args} timed out; stderr: {stderr[-2000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        run_cli(main, argv, prog=prog)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def run_cli_subprocess(module, *args, env=None, timeout=300):
-    """Run `python -m module ARGS` to completion."""
-    return finish(start_cli(module, *args, env=env), timeout)
+# --- error lines --------------------------------------------------------------------------------
 
 
 def assert_usage_error(returncode, stderr, prog, *words):
@@ -151,15 +166,7 @@ def assert_error_after_status(returncode, stderr, prog, *words):
     return assert_usage_error(returncode, lines[-1], prog, *words)
 
 
-def run_in_process(main, argv, prog, capsys):
-    """Call a CLI's `main` as its `__main__` does; (exit status, stdout, stderr)."""
-    try:
-        run_cli(main, argv, prog=prog)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+# --- a finished run's outputs -------------------------------------------------------------------
 
 
 def read_run(out_dir):
@@ -183,32 +190,3 @@ def assert_same_run(actual_dir, expected_dir):
         assert actual_weights[key].tobytes() == expected_weights[key].tobytes(), key
     assert actual_metrics["test_correct"] == expected_metrics["test_correct"]
     assert actual_metrics["test_loss"] == expected_metrics["test_loss"]
-
-
-def use_small_mnist(monkeypatch, real_splits):
-    """Make training read the first SMALL_TRAIN training and SMALL_TEST test images."""
-    from mnist_common import data
-
-    (train_x, train_y), (test_x, test_y) = real_splits
-    splits = {True: (train_x[:SMALL_TRAIN], train_y[:SMALL_TRAIN]),
-              False: (test_x[:SMALL_TEST], test_y[:SMALL_TEST])}
-    monkeypatch.setattr(data, "load_arrays", lambda root, train: splits[train])
-    return splits
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(directory, size):
-    """A real size-limited tmpfs at `directory` (root only); the test is skipped where
-    mounting is not permitted. Unmounted afterwards."""
-    directory.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                               str(directory)], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"cannot mount a tmpfs here: {err}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=True, timeout=30)

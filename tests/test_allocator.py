@@ -2,10 +2,9 @@
 afresh (no page fault per page on the next allocation)."""
 
 import ctypes
-import subprocess
-import sys
 
 import pytest
+from cli_helpers import run_python
 
 from mnist_common import allocator
 
@@ -35,8 +34,8 @@ def has_mallopt():
 
 
 def second_allocation_faults(mode):
-    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
-                         check=True)
+    out = run_python("-c", CHILD, mode)
+    assert out.returncode == 0, out.stderr
     return int(out.stdout.strip())
 
 

@@ -1,13 +1,12 @@
 """Checkpoint files: round trip, damage reported, SIGKILL mid-write never leaves one trusted."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from checkpoint_writer import arrays
+from cli_helpers import run_python
 from safetensors.numpy import save_file
 
 from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint, save_checkpoint
@@ -143,6 +142,17 @@ def test_damaged_checkpoint_is_one_line_error(tmp_path, damage):
     assert str(checkpoint_root(tmp_path)) in message
 
 
+def test_a_manifest_with_a_hash_that_is_not_hex_is_damaged(tmp_path):
+    directory = save_checkpoint(tmp_path, *arrays(2))
+    path = directory / "progress.json"
+    progress = json.loads(path.read_text())
+    progress["files"]["model.safetensors"] = "yes"
+    path.write_text(json.dumps(progress))
+    with pytest.raises(UsageError, match="does not name and hash every file"):
+        load_checkpoint(tmp_path)
+
+
+
 def test_a_second_run_cannot_take_the_same_out_dir(tmp_path):
     with locked(tmp_path, created=False):
         with pytest.raises(UsageError, match="another training run is using it"):
@@ -159,8 +169,7 @@ def test_a_second_run_cannot_take_the_same_out_dir(tmp_path):
 def killed_writers(tmp_path_factory):
     """Run the three kill experiments of checkpoint_writer.py."""
     base = tmp_path_factory.mktemp("killed")
-    done = subprocess.run([sys.executable, str(WRITER), str(base), "20240607", "12"],
-                          capture_output=True, text=True, timeout=240)
+    done = run_python(WRITER, base, "20240607", "12", timeout=240)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -1,8 +1,11 @@
-"""`python -m mnist_common.compare`: the table and the overlaid figure of two runs."""
+"""`python -m mnist_common.compare`: the table and the overlaid figure of two runs; what is not
+a run record, and a figure compare did not write, are refused in one line; Matplotlib adds
+nothing to stderr."""
 
 import json
 
-from cli_helpers import assert_usage_error, run_in_process
+import pytest
+from cli_helpers import assert_usage_error, cli_env, run_cli_subprocess, run_in_process
 
 from mnist_common import compare
 
@@ -62,3 +65,40 @@ def test_the_figure_replaces_only_an_earlier_compare_figure(tmp_path, capsys):
         assert_usage_error(code, err, PROG, f"--plot {target}: exists and is not a figure "
                            "compare wrote")
         assert out == "" and target.read_bytes() == before
+
+
+RECORDS = {
+    "a JSON list": [1, 2],
+    "missing keys": {"framework": "torch"},
+    "a wrong type": {"framework": "torch", "device": "cpu", "test_accuracy": "high",
+                     "test_loss": 0.1, "train_seconds": 1, "train_images_per_second": 1,
+                     "step_losses": [1.0], "epochs": []},
+}
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=list(RECORDS))
+def test_compare_refuses_what_is_not_a_run_record(record, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(RECORDS[record]))
+    code, _, err = run_in_process(compare.main, [str(tmp_path / "run")], PROG, capsys)
+    assert_usage_error(code, err, PROG, f"{tmp_path / 'run' / 'metrics.json'}: not the "
+                       "metrics.json of a training run of this project")
+    assert not (tmp_path / "compare.png").exists()
+
+
+def test_an_unwritable_home_adds_nothing_to_stderr(tmp_path):
+    """Matplotlib's config-directory warnings are not a run's business (HOME=/proc/self is
+    unwritable even for root)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = {"framework": "torch", "device": "cpu", "test_accuracy": 0.9, "test_loss": 0.3,
+               "train_seconds": 1.0, "train_images_per_second": 10.0, "step_losses": [2.0, 1.0],
+               "epochs": [{"epoch": 1, "step": 2, "test_accuracy": 0.9}]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    done = run_cli_subprocess("mnist_common.compare", run, env=cli_env(HOME="/proc/self",
+                                                                      MPLCONFIGDIR=None,
+                                                                      XDG_CONFIG_HOME=None,
+                                                                      XDG_CACHE_HOME=None),
+                              timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"

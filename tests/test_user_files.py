@@ -6,29 +6,14 @@ adds nothing to the directory, not even its lock file.
 import json
 
 import pytest
-from cli_helpers import assert_usage_error, run_in_process
+from cli_helpers import EVALUATE, assert_usage_error, run_in_process
+from training_helpers import train_cli
 
-from flax_impl import evaluate as flax_evaluate
-from flax_impl import train as flax_train
 from mnist_common.checkpoints import checkpoint_root, load_checkpoint
+from mnist_common.config import FRAMEWORKS, program
 from mnist_common.ownership import RECORD_NAME
-from torch_impl import evaluate as torch_evaluate
-from torch_impl import train as torch_train
 
-TRAIN = {"torch": torch_train.main, "flax": flax_train.main}
-EVALUATE = {"torch": torch_evaluate.main, "flax": flax_evaluate.main}
-FRAMEWORKS = ["torch", "flax"]
-SMALL = ["--batch-size", "16", "--epochs", "1", "--no-progress"]  # 7 steps per epoch
 OUTPUTS = ("model.safetensors", "metrics.json", "loss.png")  # the order messages name them
-
-
-def prog(framework, tool="train"):
-    return f"python -m {framework}_impl.{tool}"
-
-
-def train(framework, out_dir, capsys, *flags):
-    return run_in_process(TRAIN[framework], [*SMALL, "--out-dir", str(out_dir),
-                                             *map(str, flags)], prog(framework), capsys)
 
 
 def tree(directory):
@@ -48,7 +33,7 @@ def test_checkpoints_folder_keeps_the_users_files(framework, small_mnist, jax_co
     (mine / "step-0000009").mkdir()  # a checkpoint's name, but not a checkpoint's contents
     (mine / "step-0000009" / "mine.txt").write_text("mine")
     for flags in (["--max-steps", 3], ["--max-steps", 5, "--resume"], ["--overwrite"]):
-        code, _, err = train(framework, out_dir, capsys, *flags)
+        code, _, err = train_cli(framework, out_dir, capsys, *flags)
         assert code == 0, err
         assert (mine / "old" / "notes.txt").read_text() == "mine"
         assert (mine / "my_model.pt").read_text() == "w"
@@ -78,8 +63,8 @@ def test_output_names_held_by_the_user_are_refused(framework, metrics, tmp_path,
     before = tree(out_dir)
     names = ", ".join(n for n in OUTPUTS if (out_dir / n).exists())
     for flags in ([], ["--overwrite"], ["--max-steps", 2]):
-        code, out, err = train(framework, out_dir, capsys, *flags)
-        assert_usage_error(code, err, prog(framework), f"--out-dir {out_dir}: {names} were not "
+        code, out, err = train_cli(framework, out_dir, capsys, *flags)
+        assert_usage_error(code, err, program(framework), f"--out-dir {out_dir}: {names} were not "
                            f"written by a run of this project (not in its {RECORD_NAME}); move "
                            "them away or choose another directory")
         assert out == "" and tree(out_dir) == before  # not even .train.lock was added
@@ -89,19 +74,19 @@ def test_output_names_held_by_the_user_are_refused(framework, metrics, tmp_path,
 def test_a_file_put_in_place_of_an_output_is_the_users(framework, small_mnist, jax_compile_cache,
                                                        tmp_path, capsys):
     out_dir = tmp_path / "run"
-    code, _, err = train(framework, out_dir, capsys, "--max-steps", 3)
+    code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", 3)
     assert code == 0, err
     record = (out_dir / RECORD_NAME).read_bytes()
     (out_dir / "model.safetensors").write_bytes(b"my own weights")
     for flags in (["--max-steps", 3], ["--max-steps", 3, "--overwrite"],
                   ["--max-steps", 5, "--resume"]):
-        code, _, err = train(framework, out_dir, capsys, *flags)
-        assert_usage_error(code, err, prog(framework), "model.safetensors was not written by a "
+        code, _, err = train_cli(framework, out_dir, capsys, *flags)
+        assert_usage_error(code, err, program(framework), "model.safetensors was not written by a "
                            "run of this project", "move it away")
         assert (out_dir / "model.safetensors").read_bytes() == b"my own weights"
         assert (out_dir / RECORD_NAME).read_bytes() == record
     (out_dir / "model.safetensors").unlink()  # moved away: the same command trains again
-    code, _, err = train(framework, out_dir, capsys, "--max-steps", 3)
+    code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", 3)
     assert code == 0, err
     assert (out_dir / "model.safetensors").read_bytes()[:8] != b"my own w"
 
@@ -111,8 +96,8 @@ def test_a_checkpoint_pointer_not_ours_is_refused(framework, tmp_path, capsys):
     out_dir = tmp_path / "run"
     checkpoint_root(out_dir).mkdir(parents=True)
     (checkpoint_root(out_dir) / "latest").write_text("my latest notes\n")
-    code, _, err = train(framework, out_dir, capsys)
-    assert_usage_error(code, err, prog(framework), f"{checkpoint_root(out_dir) / 'latest'} is "
+    code, _, err = train_cli(framework, out_dir, capsys)
+    assert_usage_error(code, err, program(framework), f"{checkpoint_root(out_dir) / 'latest'} is "
                        "not a checkpoint pointer of this project")
     assert (checkpoint_root(out_dir) / "latest").read_text() == "my latest notes\n"
     assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoints"]
@@ -131,14 +116,14 @@ def test_evaluate_out_replaces_only_an_earlier_evaluation(framework, weights_fil
         before = target.read_bytes()
         code, out, err = run_in_process(EVALUATE[framework], ["--weights", str(weights), "--out",
                                                               str(target)],
-                                        prog(framework, "evaluate"), capsys)
-        assert_usage_error(code, err, prog(framework, "evaluate"), f"--out {target}: exists and "
+                                        program(framework, "evaluate"), capsys)
+        assert_usage_error(code, err, program(framework, "evaluate"), f"--out {target}: exists and "
                            "is not an earlier evaluation's output")
         assert out == "" and target.read_bytes() == before
     out_file = tmp_path / "eval.json"
     for _ in range(2):  # written, then replaced: it is an evaluation's own output
         code, _, err = run_in_process(EVALUATE[framework], ["--weights", str(weights), "--out",
                                                             str(out_file)],
-                                      prog(framework, "evaluate"), capsys)
+                                      program(framework, "evaluate"), capsys)
         assert code == 0, err
         assert json.loads(out_file.read_text())["weights"] == str(weights)

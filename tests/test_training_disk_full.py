@@ -13,30 +13,18 @@ import os
 import pathlib
 
 import pytest
-from cli_helpers import assert_error_after_status, mounted_tmpfs, run_in_process
+from cli_helpers import assert_error_after_status
+from disk_helpers import litter
 from safetensors import SafetensorError
+from training_helpers import train_cli
 
-from flax_impl import train as flax_train
 from mnist_common import weights
 from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint
-from torch_impl import train as torch_train
+from mnist_common.config import FRAMEWORKS, program
 
 pytestmark = pytest.mark.data
-TRAIN = {"torch": torch_train.main, "flax": flax_train.main}
-FRAMEWORKS = ["torch", "flax"]
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 FILES = ("metrics.json", "model.safetensors", "loss.png")
-
-
-def prog(framework):
-    return f"python -m {framework}_impl.train"
-
-
-def train(framework, out_dir, capsys, *flags):
-    """The training CLI in-process on the small set (7 steps per epoch): (status, out, err)."""
-    argv = ["--batch-size", "16", "--epochs", "1", "--no-progress", "--out-dir", str(out_dir),
-            *map(str, flags)]
-    return run_in_process(TRAIN[framework], argv, prog(framework), capsys)
 
 
 def snapshot(out_dir):
@@ -45,14 +33,8 @@ def snapshot(out_dir):
             if p.is_file() and p.name != ".train.lock"}
 
 
-def temp_litter(out_dir):
-    """Temp files of atomic writes (`.NAME.*.tmp`) and temp checkpoint dirs (`.step-*.tmp-*`)."""
-    return sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob(".*")
-                  if ".tmp" in p.name or p.name.startswith(".write-test-"))
-
-
 def finished_run(framework, out_dir, capsys, steps=3):
-    code, _, err = train(framework, out_dir, capsys, "--max-steps", steps)
+    code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", steps)
     assert code == 0, err
     return snapshot(out_dir)
 
@@ -61,7 +43,7 @@ def assert_nothing_lost(out_dir, before, step=3):
     assert snapshot(out_dir) == before
     assert (checkpoint_root(out_dir) / LATEST).read_text() == f"step-{step:07d}\n"
     assert load_checkpoint(out_dir).progress["global_step"] == step
-    assert temp_litter(out_dir) == []
+    assert litter(out_dir) == []
 
 
 # --- injected ENOSPC ----------------------------------------------------------------------------
@@ -103,9 +85,9 @@ def test_checkpoint_write_on_a_full_disk(framework, when, small_mnist, jax_compi
     fail_safetensors_writes(monkeypatch, when)
     # The same command again (allowed), then a resume that trains further: both must checkpoint.
     for flags in (["--max-steps", 3], ["--max-steps", 5, "--resume"]):
-        code, out, err = train(framework, out_dir, capsys, *flags)
+        code, out, err = train_cli(framework, out_dir, capsys, *flags)
         line = assert_error_after_status(
-            code, err, prog(framework),
+            code, err, program(framework),
             f"cannot write a checkpoint into {checkpoint_root(out_dir)} (No space left on device)")
         assert out == ""
         assert_nothing_lost(out_dir, before)
@@ -153,8 +135,8 @@ def test_final_output_write_on_a_full_disk(framework, output, small_mnist, jax_c
     OUTPUT_FAILURES[output](monkeypatch)
     # --resume of the finished run only rewrites the outputs; the fresh rerun trains first.
     for flags in (["--max-steps", 3, "--resume"], ["--max-steps", 3]):
-        code, out, err = train(framework, out_dir, capsys, *flags)
-        assert_error_after_status(code, err, prog(framework), "cannot write the outputs into "
+        code, out, err = train_cli(framework, out_dir, capsys, *flags)
+        assert_error_after_status(code, err, program(framework), "cannot write the outputs into "
                                   f"{out_dir} (No space left on device)")
         assert out == ""
         # The rerun is bit-identical, so even the outputs written before the failing one are.
@@ -162,7 +144,7 @@ def test_final_output_write_on_a_full_disk(framework, output, small_mnist, jax_c
         assert after[output] == before[output]
         assert {k: v for k, v in after.items() if not k.startswith("checkpoints")} == {
             k: v for k, v in before.items() if not k.startswith("checkpoints")}
-        assert temp_litter(out_dir) == []
+        assert litter(out_dir) == []
         assert load_checkpoint(out_dir).progress["global_step"] == 3
 
 
@@ -177,13 +159,6 @@ def test_atomic_path_turns_a_safetensors_error_into_enospc(tmp_path, monkeypatch
 # --- a real full filesystem ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A real 16 MiB tmpfs (root only); skipped where mounting is not permitted."""
-    with mounted_tmpfs(tmp_path / "small", "16m") as mount_point:
-        yield mount_point
-
-
 def fill(mount_point, leave):
     """Fill the filesystem up to about `leave` free bytes."""
     filler = mount_point / "filler"
@@ -195,8 +170,8 @@ def fill(mount_point, leave):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_real_full_filesystem(framework, small_mnist, jax_compile_cache, small_filesystem,
-                              capsys):
+def test_real_full_filesystem(framework, small_mnist, jax_compile_cache, tmpfs, capsys):
+    small_filesystem = tmpfs("16m")  # skipped where mounting is not permitted
     out_dir = small_filesystem / "run"
     before = finished_run(framework, out_dir, capsys)
     # 700 kB free: a checkpoint's model.safetensors (493 kB) fits, its optimizer file (986 kB)
@@ -207,12 +182,12 @@ def test_real_full_filesystem(framework, small_mnist, jax_compile_cache, small_f
              (["--max-steps", 3, "--resume"], 200_000, "cannot write the outputs into")]
     for flags, leave, words in cases:
         fill(small_filesystem, leave)
-        code, out, err = train(framework, out_dir, capsys, *flags)
-        assert_error_after_status(code, err, prog(framework), words, "(No space left on device)")
+        code, out, err = train_cli(framework, out_dir, capsys, *flags)
+        assert_error_after_status(code, err, program(framework), words, "(No space left on device)")
         assert out == ""
         assert_nothing_lost(out_dir, before)
     (small_filesystem / "filler").unlink()  # space again: the resume goes on from step 3
-    code, _, err = train(framework, out_dir, capsys, "--max-steps", 5, "--resume")
+    code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", 5, "--resume")
     assert code == 0, err
     assert load_checkpoint(out_dir).progress["global_step"] == 5
-    assert temp_litter(out_dir) == []
+    assert litter(out_dir) == []
