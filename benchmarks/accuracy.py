@@ -6,7 +6,7 @@ import time
 
 from benchmarks.environment import memory
 from benchmarks.timing import OtherLoad, status
-from benchmarks.variants import BACKENDS, DEFAULT_VARIANT, TUTORIAL
+from benchmarks.variants import BACKENDS, TUTORIAL, default_variant
 from mnist_common import loaders
 
 TARGET_ACCURACY = 0.985  # the tutorial reports 98.53 % after 10 epochs
@@ -19,16 +19,14 @@ def placed_epoch(backend, placement, split, config, epoch):
 
 
 def warm_up(backend, state, batches):
-    """Compile every batch shape, leaving `state` at its initial weights: a pure step (Flax)
-    leaves it untouched, a step in place (torch) gets the weights put back. A fresh state would
-    compile again (Flax's jit cache is keyed on the state's module)."""
+    """Compile every batch shape, then put the initial weights back into the state the steps
+    returned (the steps consume `state`). A fresh state would compile again (Flax's jit cache
+    is keyed on the state's module)."""
     params, optimizer = backend.state_to_arrays(state)
     start = time.perf_counter()
     warmed, _ = backend.train_steps(state, batches)
     seconds = time.perf_counter() - start
-    if warmed is state:
-        state = backend.state_from_arrays(state, params, optimizer)
-    return state, seconds
+    return backend.state_from_arrays(warmed, params, optimizer), seconds
 
 
 def train_to_target(device, framework, splits, config):
@@ -68,5 +66,6 @@ def measure_time_to_accuracy(device, splits, config=TUTORIAL):
         if getattr(device, framework) is None:
             continue
         status(f"[{device.kind}] time to {100 * TARGET_ACCURACY:.1f} %, {framework}")
-        out[DEFAULT_VARIANT[framework]] = train_to_target(device, framework, splits, config)
+        variant = default_variant(framework, getattr(device, framework))
+        out[variant] = train_to_target(device, framework, splits, config)
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.environment import memory
 from benchmarks.timing import OtherLoad, describe_error, status, wait_for_quiet
-from benchmarks.variants import BACKENDS, DEFAULT_VARIANT, TUTORIAL
+from benchmarks.variants import BACKENDS, TUTORIAL, default_variant
 from mnist_common import data, loop
 from mnist_common.config import PRECISIONS, Config
 from mnist_common.errors import DataError
@@ -54,7 +54,8 @@ def measure_end_to_end(device, settings, data_root):
             metrics = loop.train_and_evaluate(config, BACKENDS[framework])
             wall = time.perf_counter() - start
         out[framework] = {
-            "variant": DEFAULT_VARIANT[framework], "steps": metrics["steps"],
+            "variant": default_variant(framework, getattr(device, framework)),
+            "steps": metrics["steps"],
             "complete_epoch": max_steps is None, "train_seconds": metrics["train_seconds"],
             "train_images_per_second": metrics["train_images_per_second"],
             "test_accuracy": metrics["test_accuracy"], "wall_seconds": wall,

@@ -27,7 +27,6 @@ VARIANTS = {
                          "the engine changes on the CPU; run only where it changes something",
 }
 BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
-DEFAULT_VARIANT = {"torch": "torch-eager", "flax": "flax-jit"}  # what the training CLIs run
 BACKENDS = {"torch": torch_backend, "flax": flax_backend}
 TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
 
@@ -50,12 +49,21 @@ class Variant:
         return BACKENDS[self.framework]
 
 
+def default_variant(framework, placement):
+    """The variant the training CLIs run on `placement`: torch's engine trains channels_last on
+    the CPU (`torch_impl.backend.memory_format`)."""
+    if framework == "flax":
+        return "flax-jit"
+    channels_last = torch_backend.memory_format(placement) == "channels_last"
+    return "torch-channels-last" if channels_last else "torch-eager"
+
+
 def synthetic_batch(batch_size, seed=0):
-    """Images in [0, 1) and labels, as the loaders give them: NCHW float32 / int64 tensors."""
+    """Images in [0, 1) and labels, as the loaders give them: NCHW float32 / int64 NumPy."""
     rng = np.random.default_rng([seed, batch_size])
     images = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)  # (B, 1, 28, 28)
     labels = rng.integers(0, NUM_CLASSES, batch_size)
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    return images, labels
 
 
 def flax_engine_differs(placement):
@@ -73,8 +81,11 @@ def torch_variant(name, device, config=TUTORIAL):
     """torch eager NCHW, eager channels_last, or torch.compile over the engine's state."""
     state = torch_backend.create_train_state(config, device.torch)
     adapt = None
-    if name == "torch-channels-last":
-        state.model.to(memory_format=torch.channels_last)  # in place: the optimizer still fits
+    # The engine's own format is channels_last on the CPU: each variant sets its own, in place
+    # (the optimizer still fits).
+    channels_last = name == "torch-channels-last"
+    state.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if channels_last:
         adapt = _channels_last
     elif name == "torch-compile":
         # A fixed shape per batch size, as the tutorial uses: one static graph each.
@@ -94,7 +105,7 @@ def flax_variant(name, device, config=TUTORIAL):
     state = state.replace(apply_fn=stock.apply)
     forward = jax.jit(stock.apply)
     return Variant(name, "flax", state, device.flax, device.jax_sync,
-                   train_step=jax.jit(flax_backend.train_step.__wrapped__),
+                   train_step=jax.jit(flax_backend._step),
                    logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
 
 
