@@ -86,6 +86,7 @@ def test_batches_cut_on_the_device_are_totensors_pixels(train_split, backend):
     assert x.dtype == np.float32
     np.testing.assert_array_equal(x, expected)
     np.testing.assert_array_equal(x, loaders.PIXELS[images[indices]][:, None])
+    np.testing.assert_array_equal(np.asarray(batch[1]), labels[indices])
 
 
 def test_the_pixel_table_is_uint8_over_255_correctly_rounded():
@@ -99,4 +100,3 @@ def test_the_pixel_table_is_uint8_over_255_correctly_rounded():
     assert (np.abs(table - exact) <= np.abs(above - exact)).all()
     totensor = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255).numpy()
     np.testing.assert_array_equal(table, totensor)
-    np.testing.assert_array_equal(np.asarray(batch[1]), labels[indices])

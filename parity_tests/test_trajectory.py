@@ -6,9 +6,10 @@ steps" cannot hold for any port, and a bound from the maximum of one torch-vs-to
 coin toss (Flax's largest loss gap, 0.008, against twice one pair's 0.0022, failed). What holds:
 Flax differs from torch no more than torch differs from itself. The noise is measured in this
 run from four torch-vs-torch float32 variations that are mathematically the same training
-(the other memory layout: NCHW against the engine's channels_last, one thread, the batch's mean as the mean of two halves, the
-batch's examples reversed), and the statistics are the median and 90th percentile of
-|w_flax - w_torch| over all 123,222 weights, which chaos moves little.
+(the other memory layout: NCHW against the engine's channels_last on the CPU, one thread, the
+batch's mean as the mean of two halves, the batch's examples reversed), and the statistics
+are the median and 90th percentile of |w_flax - w_torch| over all 123,222 weights, which
+chaos moves little.
 
 Measured (2-core Intel Xeon, AVX-512, batch 64, real MNIST, seed 0):
 
