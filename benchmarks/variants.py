@@ -18,7 +18,8 @@ from torch_impl import backend as torch_backend
 
 VARIANTS = {
     "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
-    "torch-channels-last": "the same with model and input in torch.channels_last memory format",
+    "torch-channels-last": "the same with model and input in torch.channels_last memory format "
+                           "(the engine's own format on the CPU)",
     "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
     "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
                 "model flax_impl.backend.create_model(placement) ships for this device",
