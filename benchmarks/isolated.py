@@ -32,7 +32,8 @@ from torch_impl import backend as torch_backend
 
 VARIANTS = {
     "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
-    "torch-channels-last": "the same with model and input in torch.channels_last memory format",
+    "torch-channels-last": "the same with model and input in torch.channels_last memory format "
+                           "(the engine's own format on the CPU)",
     "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
     "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
                 "model flax_impl.backend.create_model(placement) ships for this device",
@@ -41,7 +42,15 @@ VARIANTS = {
                          "the engine changes on the CPU; run only where it changes something",
 }
 BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
-DEFAULT_VARIANT = {"torch": "torch-eager", "flax": "flax-jit"}  # what the training CLIs run
+
+
+def default_variant(framework, placement):
+    """The variant the training CLIs run on `placement`: torch's engine trains channels_last on
+    the CPU (`torch_impl.backend.memory_format`)."""
+    if framework == "flax":
+        return "flax-jit"
+    channels_last = torch_backend.memory_format(placement) == "channels_last"
+    return "torch-channels-last" if channels_last else "torch-eager"
 BACKENDS = {"torch": torch_backend, "flax": flax_backend}
 TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
 GEMM_SIZE = {"cpu": 2048, "gpu": 8192}
@@ -79,8 +88,10 @@ def torch_variant(name, device, config=TUTORIAL):
     """torch eager NCHW, eager channels_last, or torch.compile over the engine's state."""
     state = torch_backend.create_train_state(config, device.torch)
     adapt = None
-    if name == "torch-channels-last":
-        state.model.to(memory_format=torch.channels_last)  # in place: the optimizer still fits
+    channels_last = name == "torch-channels-last"
+    # In place (the optimizer still fits); eager and compile stay NCHW whatever the engine uses.
+    state.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if channels_last:
 
         def adapt(batch):
             return batch[0].contiguous(memory_format=torch.channels_last), batch[1]

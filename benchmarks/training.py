@@ -20,7 +20,7 @@ from benchmarks.harness import (
     status,
     wait_for_quiet,
 )
-from benchmarks.isolated import BACKENDS, DEFAULT_VARIANT, TUTORIAL
+from benchmarks.isolated import BACKENDS, TUTORIAL, default_variant
 from mnist_common import data, loop
 from mnist_common.config import PRECISIONS, Config
 from mnist_common.errors import DataError, UsageError
@@ -86,7 +86,8 @@ def measure_end_to_end(device, settings, splits):
         wait_for_quiet(settings.wait_quiet)
         metrics, wall, load = train_in_loop(device, framework, config, splits)
         yield framework, {
-            "variant": DEFAULT_VARIANT[framework], "complete_epoch": max_steps is None,
+            "variant": default_variant(framework, getattr(device, framework)),
+            "complete_epoch": max_steps is None,
             **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
                                        "test_accuracy")},
             "wall_seconds": wall, "other_load": load, "memory": memory(device)}
@@ -113,7 +114,7 @@ def measure_time_to_accuracy(device, splits, config=TUTORIAL):
         epochs = [{k: e[k] for k in ("epoch", "train_seconds", "test_accuracy")}
                   for e in metrics["epochs"]]
         reached = epochs[-1]["test_accuracy"] >= TARGET_ACCURACY
-        yield DEFAULT_VARIANT[framework], {
+        yield default_variant(framework, getattr(device, framework)), {
             "framework": framework, "target_accuracy": TARGET_ACCURACY, "reached": reached,
             "epochs_to_target": len(epochs) if reached else None,
             "seconds_to_target": metrics["train_seconds"] if reached else None,

@@ -8,30 +8,26 @@ functions; `torch_impl/backend.py` defines the same names with the same paramete
 
 import os
 import platform
-from typing import NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from flax_impl import big_batch, convert, distributed, xla_cpu
 from flax_impl.model import CNN
 from mnist_common.errors import UsageError, first_line
-from mnist_common.loaders import to_numpy_batch
+from mnist_common.loaders import PIXELS
+from mnist_common.placement import Placement
 
 FRAMEWORK = "flax"
 
 
-class Placement(NamedTuple):
-    device: jax.Device  # the (first) device
-    group: distributed.Group | None  # None: one device
-
-
 class TrainState(train_state.TrainState):
-    pass
+    placement: Placement = struct.field(pytree_node=False, default=None)
 
 
 def versions():
@@ -71,8 +67,7 @@ def _set_precision(precision, device):
 
 
 def select_placement(device, precision="highest"):
-    if distributed.requested():
-        distributed.init()
+    distributed.init()  # joins the run when JAX_* asked for several processes: before devices
     first = _select_device(device)
     _set_precision(precision, first)
     return Placement(first, distributed.group_over(first))
@@ -88,24 +83,9 @@ def describe_placement(placement):
     return text if placement.group is None else distributed.describe(placement.group, text)
 
 
-def is_writer(placement):
-    return placement.group is None or placement.group.rank == 0
-
-
-def agree_stop(placement, wants_to_stop):
-    if placement.group is None:
-        return bool(wants_to_stop)
-    return distributed.agree_stop(placement.group, wants_to_stop)
-
-
-def check_batch_size(batch_size, placement):
-    if placement.group is not None:
-        distributed.check_batch_size(batch_size, placement.group)
-
-
-def release_placement(placement):
-    if placement.group is not None:
-        distributed.shutdown()
+def memory_format(placement):
+    """NHWC, Flax's layout, on every platform."""
+    return "NHWC"
 
 
 def create_model(placement):
@@ -128,8 +108,8 @@ def create_train_state(config, placement):
     params = model.init(init_rng, jnp.ones((1, 28, 28, 1), jnp.float32))["params"]
     # torch.optim.Adam's defaults: betas (0.9, 0.999), eps 1e-8 (eps outside the sqrt).
     tx = optax.adam(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    return _put(state, placement)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, placement=placement)
+    return _put(placement, state)
 
 
 def cross_entropy(logits, labels, mask=None):
@@ -142,34 +122,30 @@ def cross_entropy(logits, labels, mask=None):
 
 
 def place_batch(placement, images, labels):
-    """Loader tensors -> NumPy at the one boundary (NHWC) -> arrays on the device or mesh."""
+    """A host batch (NumPy, NCHW) -> (NHWC float32, int32) arrays on the device; on a mesh,
+    split along it. (One channel: NCHW -> NHWC is a reshape, no copy.)"""
+    x = np.asarray(images).reshape(len(labels), 28, 28, 1)  # (B, 28, 28, 1)
+    y = np.asarray(labels).astype(np.int32)
     if placement.group is not None:
-        return distributed.place_batch(placement.group, images, labels)
-    return jax.device_put(to_numpy_batch(images, labels), placement.device)
+        return distributed.place_batch(placement.group, x, y)
+    return jax.device_put((x, y), placement.device)
 
 
 def place_split(placement, images, labels):
-    """A whole split (uint8 images (N, 28, 28), labels) held on the device, for `gather_batch`;
-    None on a mesh, where batches are sharded from the host (`place_batch`)."""
+    """A whole split (uint8 images (N, 28, 28), labels) and the pixel table held on the device,
+    for `gather_batch`; None on a mesh, where batches are sharded from the host."""
     if placement.group is not None:
         return None
-    return jax.device_put((images, labels.astype(np.int32)), placement.device)
-
-
-# ToTensor's pixel values, uint8 / 255 correctly rounded; XLA would turn "/ 255" into a multiply
-# by 1/255, which is one ulp off for 13 % of MNIST's pixels.
-_PIXELS = np.arange(256, dtype=np.float32) / np.float32(255)
+    return jax.device_put((images, labels.astype(np.int32), PIXELS), placement.device)
 
 
 @jax.jit
-def _gather(images, labels, index):
-    x = jnp.asarray(_PIXELS)[images[index]][..., None]  # (B, 28, 28, 1)
-    return x, labels[index]
+def _gather(images, labels, pixels, index):
+    return pixels[images[index]][..., None], labels[index]  # (B, 28, 28, 1)
 
 
 def gather_batch(split, indices):
-    """The batch of `indices` cut from a placed split on its device: ToTensor's arithmetic
-    (uint8 -> float32, / 255) exactly, as `mnist_common.loaders` does on the host."""
+    """The batch of `indices` cut from a placed split on its device; pixels from the table."""
     return _gather(*split, indices)
 
 
@@ -179,9 +155,9 @@ def steps_per_dispatch(placement):
     return 1 if placement.device.platform == "cpu" else None
 
 
-@xla_cpu.jit
-def train_step(state, batch):
-    """One Adam step on one batch, gradient and update in one jit region.
+def _step(state, batch):
+    """The one step function, plain: `train_step` jits it, `train_steps` scans it (compiler
+    options cannot sit on a nested jit), the benchmark jits it with XLA's defaults.
 
     `batch` is (images, labels), or (images, labels, mask) for a batch padded to a multiple of
     the mesh's size. On a mesh (batch sharded, state replicated) XLA all-reduces the gradient.
@@ -204,13 +180,19 @@ def train_step(state, batch):
 def _scan_steps(state, images, labels):
     """Steps over stacked batches (K, B, ...) as one `lax.scan`: one dispatch, one program."""
     def body(carry, batch):
-        # The unjitted step: `xla_cpu.jit`'s compiler options cannot sit on a nested jit.
-        carry, metrics = train_step.__wrapped__(carry, batch)
+        carry, metrics = _step(carry, batch)
         return carry, metrics["loss"]
     return jax.lax.scan(body, state, (images, labels))
 
 
+_step_jit = xla_cpu.jit(_step)
 _scan_jit = xla_cpu.jit(_scan_steps, donate_argnums=0)  # the state is updated in place
+
+
+def train_step(state, batch):
+    """One Adam step on one batch, gradient and update in one jit region; the loss stays on
+    the device."""
+    return _step_jit(state, batch)
 
 
 def _scans(state, batches):
@@ -221,8 +203,7 @@ def _scans(state, batches):
     `train_step`; a scanned step differs from it in the last bit of some Adam updates, while
     scans of any length agree with each other bit for bit, so resume stays exact).
     """
-    device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
-    return device.platform != "cpu" and all(
+    return state.placement.device.platform != "cpu" and all(
         len(b) == 2 and b[0].shape == batches[0][0].shape for b in batches)
 
 
@@ -235,12 +216,12 @@ def train_steps(state, batches):
         images = jnp.stack([b[0] for b in batches])  # (K, B, 28, 28, 1)
         labels = jnp.stack([b[1] for b in batches])
         state, losses = _scan_jit(state, images, labels)
-        return state, np.asarray(distributed.fetch(losses))
+        return state, np.asarray(_host(losses))
     losses = []
     for batch in batches:
         state, metrics = train_step(state, batch)
         losses.append(metrics["loss"])
-    return state, np.asarray([distributed.fetch(loss) for loss in losses])
+    return state, np.asarray(_host(losses))
 
 
 @jax.jit  # forward only: XLA's default options are the faster ones here (see xla_cpu)
@@ -258,8 +239,10 @@ def _eval_step(params, batch):
 def evaluate(state, batches):
     """Exact mean loss and accuracy over all batches (one host read at the end)."""
     sums = [_eval_step(state.params, batch) for batch in batches]  # dispatched, not waited for
+    if state.placement.group is not None:
+        sums = distributed.all_sum(state.placement.group, sums)
     loss_sum, correct, examples = 0.0, 0, 0
-    for out in distributed.fetch(sums):
+    for out in _host(sums):
         loss_sum += float(out["loss"])
         correct += int(round(float(out["correct"])))
         examples += int(round(float(out["examples"])))
@@ -278,20 +261,21 @@ def logits(state, batch):
 
 def state_to_arrays(state):
     """Canonical weights and Adam state (torch layouts) as NumPy arrays."""
-    params = convert.params_to_canonical(distributed.fetch(state.params))
+    params = convert.params_to_canonical(_host(state.params))
     adam = state.opt_state[0]  # optax.adam = chain(scale_by_adam, scale_by_learning_rate)
     optimizer = {}
-    mu = convert.params_to_canonical(distributed.fetch(adam.mu))
-    nu = convert.params_to_canonical(distributed.fetch(adam.nu))
+    mu = convert.params_to_canonical(_host(adam.mu))
+    nu = convert.params_to_canonical(_host(adam.nu))
     for key in mu:
         optimizer[f"exp_avg.{key}"] = mu[key]
         optimizer[f"exp_avg_sq.{key}"] = nu[key]
-    optimizer["step"] = np.asarray([float(distributed.fetch(adam.count))], dtype=np.float32)
+    optimizer["step"] = np.asarray([float(_host(adam.count))], dtype=np.float32)
     return params, optimizer
 
 
 def state_from_arrays(state, params, optimizer):
-    """A state holding canonical weights and (if any) Adam state, on `state`'s devices."""
+    """The state holding canonical weights and (if any) Adam state, on `state`'s placement.
+    Like `train_step`, it consumes `state`: it builds new arrays in its place."""
     flax_params = convert.canonical_to_params(params)
     if optimizer:
         adam = state.opt_state[0]
@@ -306,12 +290,18 @@ def state_from_arrays(state, params, optimizer):
         step = 0
     new = state.replace(step=np.asarray(step, dtype=np.int32), params=flax_params,
                         opt_state=opt_state)
-    sharding = jax.tree_util.tree_leaves(state.params)[0].sharding
-    return distributed.put(new, sharding)
+    return _put(state.placement, new)
 
 
-def _put(tree, placement):
+def _put(placement, tree):
     """Values -> the placement: its device, or replicated on its mesh."""
     if placement.group is None:
         return jax.device_put(tree, placement.device)
-    return distributed.put(tree, distributed.replicated(placement.group))
+    return distributed.replicate(placement.group, tree)
+
+
+def _host(tree):
+    """One-device or replicated arrays -> NumPy; each process of a mesh reads its own copy."""
+    def get(a):
+        return np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a)
+    return jax.tree_util.tree_map(get, tree)

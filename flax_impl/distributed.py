@@ -1,11 +1,14 @@
 """Data-parallel training with JAX: a 1-D `data` mesh, the batch sharded, the state replicated.
 
-`flax_impl.backend.select_placement` builds a mesh over every device of the chosen platform
-(with `--xla_force_host_platform_device_count=N`, N CPU devices), and over several processes
-after `jax.distributed.initialize`, which JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-JAX_PROCESS_ID ask for. The global batch stays `--batch-size`: it is split along the mesh, and
-one not divisible by the mesh's size is padded with zero images and a 0/1 mask. XLA all-reduces
-the gradient. Only process 0 writes files and shows progress (`backend.is_writer`).
+`torch_impl/distributed.py` defines the same functions with the same parameters, in the same
+order, for torchrun ranks; both follow one scheme. `flax_impl.backend.select_placement` builds a
+mesh over every device of the chosen platform (with `--xla_force_host_platform_device_count=N`,
+N CPU devices), and over several processes after `jax.distributed.initialize`, which
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID ask for. The global batch stays
+`--batch-size`: one not divisible by the mesh's size is padded with zero images and a 0/1 mask
+(`mnist_common.loaders.pad_batch`, as torch's ranks do), and each device takes its contiguous
+equal share. XLA all-reduces the gradient, the loss and evaluation's sums inside the jitted
+step. Only process 0 writes files and shows progress (`mnist_common.placement.is_writer`).
 """
 
 import os
@@ -18,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mnist_common.errors import UsageError, first_line
-from mnist_common.loaders import to_numpy_batch
+from mnist_common.loaders import pad_batch
 
 DATA_AXIS = "data"
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -38,7 +41,10 @@ def requested():
 
 
 def init():
-    """`jax.distributed.initialize` from the three JAX_* variables."""
+    """`jax.distributed.initialize` from the three JAX_* variables, if they ask for it (before
+    any device is used)."""
+    if not requested():
+        return
     present = [name for name in _DISTRIBUTED_ENV if os.environ.get(name)]
     if len(present) != len(_DISTRIBUTED_ENV):
         missing = ", ".join(n for n in _DISTRIBUTED_ENV if n not in present)
@@ -59,49 +65,33 @@ def init():
                          f"({first_line(err)})") from None
 
 
-def shutdown():
-    """Nothing to leave: JAX shuts its distributed client down at exit."""
-
-
-def group_over(first_device):
-    """A group over every device of `first_device`'s platform, or None for a single device."""
-    devices = [d for d in jax.devices() if d.platform == first_device.platform]
+def group_over(device):
+    """A group over every device of `device`'s platform, or None for a single device."""
+    devices = [d for d in jax.devices() if d.platform == device.platform]
     if len(devices) == 1:
         return None
     return Group(Mesh(np.array(devices), (DATA_AXIS,)), jax.process_index(), jax.process_count())
 
 
-def replicated(group):
-    return NamedSharding(group.mesh, P())
+def shutdown():
+    """Nothing to leave: JAX shuts its distributed client down at exit."""
 
 
-def put(tree, sharding):
-    """NumPy or one-device values (the same in every process) -> arrays with `sharding`."""
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree_util.tree_map(
-        lambda a: jax.make_array_from_callback(np.shape(a), sharding,
-                                               lambda index: np.asarray(a)[index]), tree)
-
-
-def fetch(tree):
-    """Replicated arrays -> NumPy (each process reads its own copy)."""
-    def get(a):
-        return np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a)
-    return jax.tree_util.tree_map(get, tree)
+def replicate(group, value):
+    """`value`, a tree of arrays the same in every process, replicated on every device of the
+    mesh."""
+    return _put(value, NamedSharding(group.mesh, P()))
 
 
 def place_batch(group, images, labels):
-    """Loader tensors -> NumPy -> the batch split along the mesh, padded and masked if needed."""
-    sharding = NamedSharding(group.mesh, P(DATA_AXIS))
-    x, y = to_numpy_batch(images, labels)
-    pad = -len(y) % group.mesh.size
-    if not pad:
-        return put((x, y), sharding)
-    mask = np.concatenate([np.ones(len(y), np.float32), np.zeros(pad, np.float32)])
-    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    y = np.concatenate([y, np.zeros(pad, y.dtype)])
-    return put((x, y, mask), sharding)
+    """A host batch of the global size -> (images, labels[, mask]) split along the mesh."""
+    return _put(pad_batch(images, labels, group.mesh.size), NamedSharding(group.mesh, P(DATA_AXIS)))
+
+
+def all_sum(group, values):
+    """The sums over the mesh: already there, since XLA adds the shards' parts inside the jitted
+    step that computed `values` (a mesh's arrays are global), so nothing is left to add."""
+    return values
 
 
 def agree_stop(group, wants_to_stop):
@@ -118,5 +108,10 @@ def describe(group, device_description):
             f"(jax.sharding, 1-D data mesh)")
 
 
-def check_batch_size(batch_size, group):
-    """Padding makes any batch size work on a mesh; nothing to refuse."""
+def _put(tree, sharding):
+    """NumPy or one-device values (the same in every process) -> arrays with `sharding`."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_callback(np.shape(a), sharding,
+                                               lambda index: np.asarray(a)[index]), tree)

@@ -1,12 +1,19 @@
-"""Evaluate canonical weights with Flax: `python -m flax_impl.evaluate --weights F`."""
+"""Evaluate canonical weights with Flax: `python -m flax_impl.evaluate --weights F`.
+
+A thin entry point: it parses the flags (before importing the framework, so `--help` and a bad
+flag answer at once) and hands the engine, `flax_impl/backend.py`, to the shared evaluation.
+"""
 
 from mnist_common.config import program
 from mnist_common.errors import run_cli
-from mnist_common.evaluation import evaluate_weights
+from mnist_common.evaluation import evaluate_weights, parse_args
 
 
 def main(argv=None):
-    return evaluate_weights("flax", argv)
+    args = parse_args("flax", argv)
+    from flax_impl import backend
+
+    return evaluate_weights(args, backend)
 
 
 if __name__ == "__main__":

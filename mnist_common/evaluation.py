@@ -1,9 +1,9 @@
 """The evaluation CLI both frameworks share: canonical weights in, test metrics out.
 
-The flags are parsed before a framework is imported, so `--help` and a bad flag answer at once.
+Each CLI parses its flags (`parse_args`) before it imports its engine, so `--help` and a bad
+flag answer at once, then hands the engine in (`evaluate_weights`), as the training CLIs do.
 """
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -68,27 +68,31 @@ def load_state(backend, params, device="auto", precision="highest"):
     return placement, backend.state_from_arrays(state, params, {})
 
 
-def evaluate_weights(framework, argv):
-    """Parse flags, load the weights into `framework`'s engine, evaluate on the test set.
-
-    Returns the metrics dict (also printed, and written to --out when given).
-    """
+def parse_args(framework, argv):
+    """The flags of `python -m <framework>_impl.evaluate`, checked before any framework loads."""
     args = build_parser(framework).parse_args(argv)
     if args.out:
         _check_out_path(args.out)
-    from mnist_common import data, reporting
-    from mnist_common.loop import evaluate_split
+    return args
+
+
+def evaluate_weights(args, backend):
+    """Load the weights into `backend` (the engine), evaluate on the test set.
+
+    Returns the metrics dict (also printed, and written to --out when given).
+    """
+    from mnist_common import data, loaders, reporting
     from mnist_common.weights import load_weights
 
+    framework = backend.FRAMEWORK
     params = load_weights(args.weights)
-    backend = importlib.import_module(f"{framework}_impl.backend")
     placement, state = load_state(backend, params, args.device, args.precision)
     root = data.prepare_data(args.data_dir, progress=args.progress)
     test_split = data.load_arrays(root, train=False)
-    # The same path as the training loop's evaluation: the split held on the device.
-    placed = backend.place_split(placement, *test_split) if args.loader == "memory" else None
-    evaluation = evaluate_split(backend, placement, state, test_split, loader=args.loader,
-                                root=root, placed=placed)
+    # The same batches as the training loop's evaluation.
+    test_batches = loaders.EngineBatches(backend, placement, test_split, train=False,
+                                         loader=args.loader, root=root)
+    evaluation = backend.evaluate(state, test_batches.every_example())
     metrics = {  # the keys of EVALUATION_KEYS
         "framework": framework,
         "weights": str(args.weights),

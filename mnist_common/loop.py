@@ -29,6 +29,7 @@ from mnist_common.checkpoints import (
 from mnist_common.config import program, resume_command
 from mnist_common.errors import UsageError
 from mnist_common.fileio import say
+from mnist_common.placement import agree_stop, is_writer, release
 from mnist_common.stopping import StopRequests
 
 
@@ -73,25 +74,6 @@ def _load_data(config):
     return root, train_split, test_split
 
 
-def placed_batches(backend, placement, split, index_lists, *, train, loader, root,
-                   placed=None):
-    """The engine's batches of `index_lists`: cut on the device from `placed` (the split held
-    there by `place_split`), or from the host loader (`--loader dataloader`, data-parallel
-    groups)."""
-    if placed is not None:
-        return (backend.gather_batch(placed, i) for i in index_lists)
-    host = loaders.batches_of(split, index_lists, train=train, loader=loader, root=root)
-    return (backend.place_batch(placement, x, y) for x, y in host)
-
-
-def evaluate_split(backend, placement, state, split, *, loader, root, placed=None):
-    """Exact test metrics of `state` on every example of `split`, in file order."""
-    index_lists = loaders.eval_index_batches(len(split[1]))
-    return backend.evaluate(state, placed_batches(backend, placement, split, index_lists,
-                                                  train=False, loader=loader, root=root,
-                                                  placed=placed))
-
-
 def _chunks(batches, size):
     """Consecutive lists of up to `size` items."""
     chunk = []
@@ -109,10 +91,14 @@ class TrainingRun:
 
     def __init__(self, config, backend, placement, splits):
         self.config, self.backend, self.placement = config, backend, placement
-        self.root, self.train_split, self.test_split = splits
+        root, train_split, test_split = splits
+        self.train_batches = loaders.EngineBatches(backend, placement, train_split, train=True,
+                                                   loader=config.loader, root=root)
+        self.test_batches = loaders.EngineBatches(backend, placement, test_split, train=False,
+                                                  loader=config.loader, root=root)
         self.framework = backend.FRAMEWORK
-        self.writer = backend.is_writer(placement)
-        self.num_train = len(self.train_split[1])
+        self.writer = is_writer(placement)
+        self.num_train = len(train_split[1])
         self.steps_per_epoch = loaders.steps_per_epoch(self.num_train, config.batch_size)
         total = config.epochs * self.steps_per_epoch
         self.total_steps = total if config.max_steps is None else min(total, config.max_steps)
@@ -125,7 +111,6 @@ class TrainingRun:
         self.out_dir = None
         self.dispatch = (config.steps_per_dispatch or backend.steps_per_dispatch(placement)
                          or self.steps_per_epoch)
-        self.placed = {}  # split name -> the split held on the device (memory loader only)
         self.first_call_seconds = None  # this process's first dispatch: compile + its steps
 
     # --- messages ---
@@ -185,17 +170,8 @@ class TrainingRun:
                              f"({err.strerror or err}); {self.kept()}") from None
         self.saved_step = self.progress["global_step"]
 
-    def placed_split(self, name):
-        """The split held on the device (placed once, memory loader only), or None."""
-        if self.config.loader == "memory" and name not in self.placed:
-            split = self.train_split if name == "train" else self.test_split
-            self.placed[name] = self.backend.place_split(self.placement, *split)
-        return self.placed.get(name)
-
     def evaluate_test(self):
-        return evaluate_split(self.backend, self.placement, self.state, self.test_split,
-                              loader=self.config.loader, root=self.root,
-                              placed=self.placed_split("test"))
+        return self.backend.evaluate(self.state, self.test_batches.every_example())
 
     def epoch_record(self, steps, partial=False):
         """The record of the epoch that ended after `steps` steps of it."""
@@ -263,15 +239,12 @@ class TrainingRun:
         # A dispatch never mixes the partial last batch with full ones (one shape per scan).
         full = [i for i in index_lists if len(i) == config.batch_size]
         groups = [full, [i for i in index_lists if len(i) != config.batch_size]]
-        chunks = (chunk for g in groups for chunk in _chunks(placed_batches(
-            self.backend, self.placement, self.train_split, g, train=True,
-            loader=config.loader, root=self.root, placed=self.placed_split("train")),
-            self.dispatch))
+        chunks = (chunk for g in groups for chunk in _chunks(self.train_batches(g), self.dispatch))
         for chunk in chunks:
             self.run_steps(chunk, bar)
             # One decision per dispatch, taken together: a signal that lands after it waits for
             # the next one, so every process of a data-parallel run stops at the same step.
-            stopping = self.backend.agree_stop(self.placement, stop_requests.signum is not None)
+            stopping = agree_stop(self.backend, self.placement, stop_requests.signum is not None)
             if stopping:
                 break
         p["train_seconds"] += time.perf_counter() - start
@@ -317,7 +290,7 @@ class TrainingRun:
         metrics = reporting.build_metrics(
             self.config, self.framework, self.backend.versions(),
             self.backend.describe_placement(self.placement), p, records, images_seen,
-            self.first_call_seconds)
+            self.first_call_seconds, self.backend.memory_format(self.placement))
         try:  # a file put in place of an output while the run trained is the user's
             rundir.refuse_foreign_outputs(self.out_dir)
         except UsageError as err:
@@ -344,8 +317,7 @@ def train_and_evaluate(config, backend):
     """
     placement = backend.select_placement(config.device, config.precision)
     try:
-        backend.check_batch_size(config.batch_size, placement)
         state = backend.create_train_state(config, placement)
         return fit(config, backend, placement, state)
     finally:
-        backend.release_placement(placement)
+        release(backend, placement)

@@ -63,17 +63,19 @@ def summary_line(metrics):
 
 
 def build_metrics(config, framework, versions, device, progress, records, images_seen,
-                  first_call_seconds):
+                  first_call_seconds, memory_format):
     """metrics.json's content: what ran where, per-epoch records, final test figures.
 
     `first_call_seconds`: this process's first dispatch (compile and its steps); None when it
-    trained nothing."""
+    trained nothing. `memory_format`: how the model stored images and activations (NCHW,
+    channels_last, NHWC)."""
     final = records[-1]
     return {
         "framework": framework,
         "versions": {**versions, "python": platform.python_version(), "numpy": np.__version__},
         "device": device,
         "precision": config.precision,
+        "memory_format": memory_format,
         "config": dataclasses.asdict(config),
         "steps": progress["global_step"],
         "epochs": records,

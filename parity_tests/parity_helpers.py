@@ -22,6 +22,13 @@ def random_batch(seed, batch_size=32):
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
+def to_numpy_batch(images, labels):
+    """A batch (NCHW, NumPy or torch tensors on the CPU) as Flax's modules take it: (NHWC
+    float32, int32) NumPy arrays."""
+    x = np.asarray(images).transpose(0, 2, 3, 1)  # (B, 28, 28, 1)
+    return np.ascontiguousarray(x), np.asarray(labels).astype(np.int32)
+
+
 def torch_state(weights, lr=2e-4):
     """A torch train state on the CPU holding `weights` and a fresh Adam."""
     state = torch_backend.create_train_state(Config(lr=lr), TORCH_CPU)
@@ -35,12 +42,12 @@ def flax_state(weights, lr=2e-4):
 
 
 def torch_step(state, batch):
-    """One torch train step on loader tensors; (state, loss as a float)."""
+    """One torch train step on a host batch; (state, loss as a float)."""
     state, metrics = torch_backend.train_step(state, torch_backend.place_batch(TORCH_CPU, *batch))
     return state, float(metrics["loss"])
 
 
 def flax_step(state, batch):
-    """One Flax train step on loader tensors; (state, loss as a float)."""
+    """One Flax train step on a host batch; (state, loss as a float)."""
     state, metrics = flax_backend.train_step(state, flax_backend.place_batch(FLAX_CPU, *batch))
     return state, float(metrics["loss"])

@@ -5,12 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from parity_helpers import flax_state, flax_step, torch_state, torch_step
+from parity_helpers import flax_state, flax_step, to_numpy_batch, torch_state, torch_step
 
 from flax_impl import backend as flax_backend
 from flax_impl import evaluate as flax_evaluate
 from mnist_common import data, loaders
-from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import save_weights
 from torch_impl import backend as torch_backend
 from torch_impl import evaluate as torch_evaluate
@@ -24,7 +23,7 @@ def splits(mnist_root):
 def torch_predictions(weights, test_split):
     model = torch_state(weights).model.eval()
     with torch.no_grad():
-        return np.concatenate([model(x).argmax(1).numpy()
+        return np.concatenate([model(torch.from_numpy(x)).argmax(1).numpy()
                                for x, _ in loaders.eval_batches(test_split)])
 
 

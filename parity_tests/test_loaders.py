@@ -9,7 +9,6 @@ from parity_helpers import FLAX_CPU, TORCH_CPU
 
 from flax_impl import backend as flax_backend
 from mnist_common import data, loaders
-from mnist_common.loaders import to_numpy_batch
 from torch_impl import backend as torch_backend
 
 
@@ -28,9 +27,12 @@ def test_memory_and_dataloader_paths_give_identical_batches(train_split, mnist_r
     memory = first_batches(train_split, mnist_root, "memory")
     faithful = first_batches(train_split, mnist_root, "dataloader")
     for (x_mem, y_mem), (x_dl, y_dl) in zip(memory, faithful, strict=True):
-        assert x_mem.dtype == x_dl.dtype == torch.float32
+        assert isinstance(x_mem, np.ndarray) and isinstance(x_dl, np.ndarray)  # host: NumPy
+        assert x_mem.dtype == x_dl.dtype == np.float32
+        assert y_mem.dtype == y_dl.dtype == np.int64
         assert x_mem.shape == x_dl.shape == (256, 1, 28, 28)
-        assert torch.equal(x_mem, x_dl) and torch.equal(y_mem, y_dl)
+        np.testing.assert_array_equal(x_mem, x_dl)
+        np.testing.assert_array_equal(y_mem, y_dl)
 
 
 def test_last_partial_batch_is_kept_and_identical(train_split, mnist_root):
@@ -39,7 +41,7 @@ def test_last_partial_batch_is_kept_and_identical(train_split, mnist_root):
     faithful = first_batches(train_split, mnist_root, "dataloader", start_step=234)
     assert len(memory) == len(faithful) == 1
     assert memory[0][0].shape[0] == 96
-    assert torch.equal(memory[0][0], faithful[0][0])
+    np.testing.assert_array_equal(memory[0][0], faithful[0][0])
 
 
 def test_order_depends_on_seed_and_epoch(train_split, mnist_root):
@@ -47,16 +49,20 @@ def test_order_depends_on_seed_and_epoch(train_split, mnist_root):
     (_, labels_b), = first_batches(train_split, mnist_root, "memory", count=1, seed=0, epoch=1)
     (_, labels_c), = first_batches(train_split, mnist_root, "memory", count=1, seed=1, epoch=0)
     (_, labels_d), = first_batches(train_split, mnist_root, "memory", count=1, seed=0, epoch=0)
-    assert not torch.equal(labels_a, labels_b) and not torch.equal(labels_a, labels_c)
-    assert torch.equal(labels_a, labels_d)
+    assert not np.array_equal(labels_a, labels_b) and not np.array_equal(labels_a, labels_c)
+    np.testing.assert_array_equal(labels_a, labels_d)
 
 
 def test_flax_sees_exactly_the_pixels_torch_sees(train_split, mnist_root):
     (images, labels), = first_batches(train_split, mnist_root, "dataloader", count=1)
-    x, y = to_numpy_batch(images, labels)
+    x, y = flax_backend.place_batch(FLAX_CPU, images, labels)
+    x, y = np.asarray(x), np.asarray(y)
     assert x.shape == (256, 28, 28, 1) and x.dtype == np.float32 and y.dtype == np.int32
-    np.testing.assert_array_equal(x, images.numpy().transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(y, labels.numpy())
+    np.testing.assert_array_equal(x, images.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(y, labels)
+    torch_x, torch_y = torch_backend.place_batch(TORCH_CPU, images, labels)
+    np.testing.assert_array_equal(torch_x.numpy(), images)
+    np.testing.assert_array_equal(torch_y.numpy(), labels)
     # ToTensor: uint8 / 255 exactly, no normalisation.
     assert x.min() == 0.0 and x.max() == 1.0
     assert set(np.unique(np.round(x * 255)).astype(int)) <= set(range(256))
@@ -79,4 +85,18 @@ def test_batches_cut_on_the_device_are_totensors_pixels(train_split, backend):
     expected = torch.from_numpy(images[indices]).unsqueeze(1).to(torch.float32).div(255).numpy()
     assert x.dtype == np.float32
     np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(x, loaders.PIXELS[images[indices]][:, None])
     np.testing.assert_array_equal(np.asarray(batch[1]), labels[indices])
+
+
+def test_the_pixel_table_is_uint8_over_255_correctly_rounded():
+    # One table for every path (host, torch's and Flax's device gathers): each entry is the
+    # float32 nearest to k / 255, as ToTensor computes it.
+    exact = np.arange(256, dtype=np.float64) / 255
+    table = loaders.PIXELS
+    assert table.dtype == np.float32 and table.shape == (256,)
+    below, above = np.nextafter(table, np.float32(-1)), np.nextafter(table, np.float32(2))
+    assert (np.abs(table - exact) <= np.abs(below - exact)).all()
+    assert (np.abs(table - exact) <= np.abs(above - exact)).all()
+    totensor = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255).numpy()
+    np.testing.assert_array_equal(table, totensor)

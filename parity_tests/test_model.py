@@ -3,11 +3,10 @@
 import jax
 import numpy as np
 import torch
-from parity_helpers import flax_state, random_batch, torch_state
+from parity_helpers import flax_state, random_batch, to_numpy_batch, torch_state
 
 from flax_impl import convert
 from flax_impl.model import CNN as FlaxCNN
-from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import CANONICAL_SHAPES, NUM_PARAMETERS
 from torch_impl.model import CNN as TorchCNN
 

@@ -7,11 +7,17 @@ import jax
 import numpy as np
 import pytest
 import torch
-from parity_helpers import flax_state, flax_step, random_batch, torch_state, torch_step
+from parity_helpers import (
+    flax_state,
+    flax_step,
+    random_batch,
+    to_numpy_batch,
+    torch_state,
+    torch_step,
+)
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert
-from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import CANONICAL_SHAPES
 from torch_impl import backend as torch_backend
 

@@ -1,6 +1,7 @@
 """The two engines mirror each other, and the CLIs stay thin."""
 
 import ast
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,49 @@ def test_both_engines_define_the_interface_with_the_same_parameters():
     assert torch_functions == public_functions(flax_backend)
     assert len(torch_functions) >= 15
     assert torch_backend.FRAMEWORK == "torch" and flax_backend.FRAMEWORK == "flax"
+
+
+def top_level_functions(path):
+    """[(name, parameter names)] of the public functions `path` defines, in file order."""
+    return [(node.name, [a.arg for a in node.args.posonlyargs + node.args.args
+                         + node.args.kwonlyargs])
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+
+
+@pytest.mark.parametrize("name", ["backend.py", "distributed.py"])
+def test_engine_modules_mirror_each_other(name):
+    """Same public functions, same order, same parameters: a side-by-side diff shows only the
+    framework."""
+    torch_side = top_level_functions(REPO / "torch_impl" / name)
+    flax_side = top_level_functions(REPO / "flax_impl" / name)
+    assert [n for n, _ in torch_side] == [n for n, _ in flax_side]
+    assert torch_side == flax_side
+    assert len(torch_side) >= (15 if name == "backend.py" else 8)
+
+
+def function_bodies(path):
+    """{AST dump of a function's body without its docstring: where} for every function and
+    method in `path`, nested ones included; empty bodies (a docstring alone) left out."""
+    out = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            body = node.body if isinstance(node.body, list) else [ast.Return(node.body)]
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:]
+            if body:
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                out[ast.dump(ast.Module(body=body, type_ignores=[]))] = where
+    return out
+
+
+def test_no_function_body_is_written_in_both_engines():
+    """What is the same in both engines lives once, in mnist_common (whatever its name)."""
+    files = {side: {} for side in ("torch_impl", "flax_impl")}
+    for side, name in itertools.product(files, ("backend.py", "distributed.py")):
+        files[side].update(function_bodies(REPO / side / name))
+    shared = set(files["torch_impl"]) & set(files["flax_impl"])
+    assert not shared, sorted((files["torch_impl"][b], files["flax_impl"][b]) for b in shared)
 
 
 def test_the_engines_have_no_other_public_functions():

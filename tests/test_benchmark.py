@@ -200,7 +200,8 @@ def test_time_to_accuracy_on_tiny_data():
     config = _import("isolated").Config(batch_size=16, epochs=2)
     training = _import("training")
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
-    for name in ("torch-eager", "flax-jit"):
+    default_variant = _import("isolated").default_variant  # torch: channels_last on the CPU
+    for name in (default_variant("torch", device.torch), default_variant("flax", device.flax)):
         result = tta[name]
         assert result["max_epochs"] == 2
         assert len(result["epochs"]) == (result["epochs_to_target"] or 2)
@@ -267,7 +268,8 @@ def test_quick_run_writes_to_scratch_and_runs_end_to_end(mnist_root):
         e2e = results["end_to_end"]
         assert set(e2e) == {"torch", "flax"}
         for framework, entry in e2e.items():
-            assert entry["variant"] == {"torch": "torch-eager", "flax": "flax-jit"}[framework]
+            assert entry["variant"] == {"torch": "torch-channels-last",  # the CPU engine's
+                                        "flax": "flax-jit"}[framework]
             assert entry["steps"] == 2 and entry["complete_epoch"] is False
             assert entry["train_seconds"] > 0 and entry["train_images_per_second"] > 0
             assert 0 <= entry["test_accuracy"] <= 1

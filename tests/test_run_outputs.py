@@ -131,7 +131,8 @@ def test_tutorial_pt_loads_in_both_evaluate_clis(torch_runs, real_splits, tmp_pa
     with torch.no_grad():
         for images, labels in loaders.eval_batches(real_splits[1],
                                                    batch_size=TUTORIAL_BATCH_SIZE):
-            correct += int((model(images).argmax(dim=1) == labels).sum())
+            logits = model(torch.from_numpy(images))
+            correct += int((logits.argmax(dim=1) == torch.from_numpy(labels)).sum())
     training_metrics, _ = read_run(torch_runs[0])
     assert training_metrics["test_correct"] == correct
     for module, ((code, stdout, stderr), out) in results.items():

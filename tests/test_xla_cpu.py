@@ -166,13 +166,13 @@ def test_train_step_uses_the_cpu_pool_and_xla_backward_convolutions():
     placement = flax_backend.select_placement("cpu")
     state = flax_backend.create_train_state(Config(), placement)
     images, labels = mnist_like_batch(8)
-    jaxpr = str(jax.make_jaxpr(flax_backend.train_step.__wrapped__)(state, (images, labels)))
+    jaxpr = str(jax.make_jaxpr(flax_backend._step)(state, (images, labels)))
     assert "custom_vjp_call" in jaxpr
     assert "select_and_scatter" not in jaxpr and "reduce_window" not in jaxpr
     batch = (jax.ShapeDtypeStruct((256, 28, 28, 1), jnp.float32),
              jax.ShapeDtypeStruct((256,), jnp.int32))  # the tutorial's batch, compiled only
-    engine = flax_backend.train_step.lower(state, batch).compile().as_text()
-    default = jax.jit(flax_backend.train_step.__wrapped__).lower(state, batch).compile().as_text()
+    engine = flax_backend._step_jit.lower(state, batch).compile().as_text()
+    default = jax.jit(flax_backend._step).lower(state, batch).compile().as_text()
     # 8 convolutions: 3 forward, 2 input and 3 weight gradients. With the option XLA runs all
     # of them, and no YNNPACK fusion is left; without it, YNNPACK takes some (the slow ones).
     assert engine.count(" convolution(") == default.count(" convolution(") == 8

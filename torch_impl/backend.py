@@ -2,7 +2,8 @@
 
 The training CLI, the evaluation CLI, the benchmark and the parity tests all run these
 functions; `flax_impl/backend.py` defines the same names with the same parameters
-(`mnist_common/backend.py` is the interface). Layout: NCHW.
+(`mnist_common/backend.py` is the interface). Layout: NCHW tensors; on the CPU the model and
+its activations are stored channels_last (NHWC in memory), which oneDNN runs faster.
 """
 
 import platform
@@ -15,15 +16,12 @@ from torch import nn
 
 from mnist_common.architecture import CANONICAL_SHAPES
 from mnist_common.errors import UsageError
+from mnist_common.loaders import PIXELS
+from mnist_common.placement import Placement
 from torch_impl import distributed
 from torch_impl.model import CNN
 
 FRAMEWORK = "torch"
-
-
-class Placement(NamedTuple):
-    device: torch.device
-    group: distributed.Group | None  # None: one process
 
 
 class TrainState(NamedTuple):
@@ -50,19 +48,20 @@ def _select_device(name):
     raise UsageError(f"--device {name}: unknown device (choose auto, cpu, cuda or gpu)")
 
 
-def _set_precision(precision):
-    """highest: true float32 convolutions and matmuls; tf32: both may use TF32 (CUDA only)."""
-    tf32 = precision == "tf32"
+def _set_precision(precision, device):
+    """highest: true float32 convolutions and matmuls; tf32: both may use TF32 (CUDA only;
+    the CPU computes float32 either way)."""
+    tf32 = precision == "tf32" and device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32  # cuDNN's own default is True
 
 
 def select_placement(device, precision="highest"):
-    _set_precision(precision)
-    if distributed.requested():  # started by torchrun with several processes
-        group = distributed.init(device)
-        return Placement(group.device, group)
-    return Placement(_select_device(device), None)
+    first = _select_device(device)
+    _set_precision(precision, first)
+    distributed.init()  # joins the group when torchrun started several processes
+    group = distributed.group_over(first)
+    return Placement(first if group is None else group.device, group)
 
 
 def describe_placement(placement):
@@ -75,28 +74,15 @@ def describe_placement(placement):
     return text if placement.group is None else distributed.describe(placement.group, text)
 
 
-def is_writer(placement):
-    return placement.group is None or placement.group.rank == 0
-
-
-def agree_stop(placement, wants_to_stop):
-    if placement.group is None:
-        return bool(wants_to_stop)
-    return distributed.agree_stop(placement.group, wants_to_stop)
-
-
-def check_batch_size(batch_size, placement):
-    if placement.group is not None:
-        distributed.check_batch_size(batch_size, placement.group)
-
-
-def release_placement(placement):
-    if placement.group is not None:
-        distributed.shutdown()
+def memory_format(placement):
+    """channels_last on the CPU (oneDNN's convolutions measured faster in it, and the parity
+    suite holds), NCHW elsewhere."""
+    return "channels_last" if placement.device.type == "cpu" else "NCHW"
 
 
 def create_model(placement):
-    return CNN().to(placement.device)
+    layout = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format}
+    return CNN().to(placement.device, memory_format=layout[memory_format(placement)])
 
 
 def create_train_state(config, placement):
@@ -104,7 +90,7 @@ def create_train_state(config, placement):
     model = create_model(placement)
     # Adam's defaults are the tutorial's: betas (0.9, 0.999), eps 1e-8.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    ddp = None if placement.group is None else distributed.wrap(model, placement.group)
+    ddp = None if placement.group is None else distributed.replicate(placement.group, model)
     return TrainState(model, optimizer, placement, ddp)
 
 
@@ -118,28 +104,27 @@ def cross_entropy(logits, labels, mask=None):
 
 
 def place_batch(placement, images, labels):
-    """Loader tensors -> (images, labels) on the device; in a group, this rank's share."""
+    """A host batch (NumPy, NCHW) -> tensors on the device; in a group, this rank's share.
+    (One channel: an NCHW batch is channels_last already.)"""
     if placement.group is not None:
         return distributed.place_batch(placement.group, images, labels)
-    return (images.to(placement.device, non_blocking=True),
-            labels.to(placement.device, non_blocking=True))
+    return (torch.as_tensor(images).to(placement.device, non_blocking=True),
+            torch.as_tensor(labels).to(placement.device, non_blocking=True))
 
 
 def place_split(placement, images, labels):
-    """A whole split (uint8 images (N, 28, 28), labels) held on the device, for `gather_batch`;
-    None in a group, where each rank cuts its share of host batches (`place_batch`)."""
+    """A whole split (uint8 images (N, 28, 28), labels) and the pixel table held on the device,
+    for `gather_batch`; None in a group, where each rank takes its share of host batches."""
     if placement.group is not None:
         return None
-    return (torch.from_numpy(images).to(placement.device),
-            torch.from_numpy(labels).to(placement.device))
+    return tuple(torch.from_numpy(a).to(placement.device) for a in (images, labels, PIXELS))
 
 
 def gather_batch(split, indices):
-    """The batch of `indices` cut from a placed split on its device: ToTensor's arithmetic
-    (uint8 -> float32, / 255) exactly, as `mnist_common.loaders` does on the host."""
-    images, labels = split
+    """The batch of `indices` cut from a placed split on its device; pixels from the table."""
+    images, labels, pixels = split
     index = torch.from_numpy(indices).to(images.device)
-    return images[index].unsqueeze(1).to(torch.float32).div(255), labels[index]  # (B, 1, 28, 28)
+    return pixels[images[index].int()].unsqueeze(1), labels[index]  # (B, 1, 28, 28)
 
 
 def steps_per_dispatch(placement):
@@ -148,16 +133,31 @@ def steps_per_dispatch(placement):
     return 1 if placement.device.type == "cpu" else None
 
 
+def _backward_in_group(group, logits, labels, mask):
+    """Back-propagate the global batch's mean loss from this rank's share; that mean, on the
+    device. DDP averages the ranks' gradients, so each rank's objective is its share's masked
+    loss sum x world size / the real images' count over all shares."""
+    losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+    keep = mask[0] if mask else torch.ones_like(losses)
+    loss_sum = (losses * keep).sum()
+    totals = distributed.all_sum(group, torch.stack([loss_sum.detach(), keep.sum()]))
+    (loss_sum * (group.world_size / totals[1]).to(loss_sum.dtype)).backward()
+    return totals[0] / totals[1]
+
+
 def train_step(state, batch):
-    """One Adam step on one batch; the loss stays on the device."""
-    if state.ddp is not None:
-        return state, {"loss": distributed.train_step(state.ddp, state.optimizer, batch)}
-    images, labels = batch
-    state.model.train()
+    """One Adam step on one batch (in a group, on the global batch); the loss stays on the
+    device: no host read."""
+    images, labels, *mask = batch
+    model = state.model if state.ddp is None else state.ddp
+    model.train()
     state.optimizer.zero_grad(set_to_none=True)
-    logits = state.model(images)  # (N, 10)
-    loss = cross_entropy(logits, labels)
-    loss.backward()
+    logits = model(images)  # (N, 10)
+    if state.ddp is None:
+        loss = cross_entropy(logits, labels, *mask)
+        loss.backward()
+    else:
+        loss = _backward_in_group(state.placement.group, logits, labels, mask)
     state.optimizer.step()
     return state, {"loss": loss.detach()}
 
@@ -173,13 +173,15 @@ def train_steps(state, batches):
 
 @torch.no_grad()
 def _eval_step(model, batch):
-    """Summed loss and correct count of one batch (on the device)."""
-    images, labels, *_ = batch
+    """Summed loss, correct count and example count of one batch (padding excluded), on the
+    device."""
+    images, labels, *mask = batch
     logits = model(images)
-    loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
-    correct = (logits.argmax(dim=1) == labels).sum()
-    return torch.stack([loss_sum.double(), correct.double(),
-                        torch.tensor(len(labels), dtype=torch.float64, device=labels.device)])
+    losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+    keep = mask[0] if mask else torch.ones_like(losses)
+    loss_sum = (losses * keep).sum() if mask else losses.sum()
+    correct = ((logits.argmax(dim=1) == labels) * keep).sum()
+    return torch.stack([loss_sum.double(), correct.double(), keep.sum().double()])
 
 
 def evaluate(state, batches):
@@ -189,7 +191,7 @@ def evaluate(state, batches):
     for batch in batches:
         totals += _eval_step(state.model, batch)
     if state.placement.group is not None:
-        totals = distributed.all_sum(totals)
+        totals = distributed.all_sum(state.placement.group, totals)
     loss_sum, correct, examples = totals.tolist()
     correct, examples = int(round(correct)), int(round(examples))
     return {"loss": loss_sum / examples, "accuracy": correct / examples,
@@ -219,9 +221,9 @@ def state_to_arrays(state):
 
 
 def state_from_arrays(state, params, optimizer):
-    """Load canonical weights and (if any) Adam state into `state`, in place."""
+    """The state holding canonical weights and (if any) Adam state, on `state`'s placement.
+    Like `train_step`, it consumes `state`: it loads the arrays into it, in place."""
     named = dict(state.model.named_parameters())
-    device = state.placement.device
     with torch.no_grad():
         for key in CANONICAL_SHAPES:
             named[key].copy_(torch.from_numpy(np.asarray(params[key])))
@@ -229,9 +231,11 @@ def state_from_arrays(state, params, optimizer):
     if optimizer:
         step = float(optimizer["step"][0])
         for key in CANONICAL_SHAPES:
-            state.optimizer.state[named[key]] = {
+            state.optimizer.state[named[key]] = {  # moments in the weight's memory format
                 "step": torch.tensor(step, dtype=torch.float32),
-                "exp_avg": torch.from_numpy(optimizer[f"exp_avg.{key}"].copy()).to(device),
-                "exp_avg_sq": torch.from_numpy(optimizer[f"exp_avg_sq.{key}"].copy()).to(device),
+                "exp_avg": torch.empty_like(named[key]).copy_(
+                    torch.from_numpy(optimizer[f"exp_avg.{key}"].copy())),
+                "exp_avg_sq": torch.empty_like(named[key]).copy_(
+                    torch.from_numpy(optimizer[f"exp_avg_sq.{key}"].copy())),
             }
     return state

@@ -1,15 +1,17 @@
-"""Data-parallel training under `torchrun`: DistributedDataParallel over shares of each batch.
+"""Data-parallel training under `torchrun`: DistributedDataParallel over equal shares of a batch.
 
-`torch_impl.backend.select_placement` joins a group when `torchrun` (or any launcher that sets
-`WORLD_SIZE` > 1, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) starts it. The global batch
-stays `--batch-size`: every rank cuts the same seeded batch from the shared loader and keeps a
-contiguous share of it (`shard`), so the union of the ranks' shares is exactly the
-single-process batch. Each rank's loss is its share's summed cross-entropy times
-world_size / global batch size; DDP averages the gradients over the ranks, which gives the
-gradient of the global batch's mean loss, as one process computes it (up to float32 summation
-order). Evaluation is sharded the same way and its sums are all-reduced. Only rank 0 writes files
-and shows progress (`backend.is_writer`). Backends: gloo on the CPU, NCCL on CUDA (one GPU per rank,
-`cuda:LOCAL_RANK`).
+`flax_impl/distributed.py` defines the same functions with the same parameters, in the same
+order, for a JAX device mesh; both follow one scheme. `torch_impl.backend.select_placement`
+joins a group when `torchrun` (or any launcher that sets `WORLD_SIZE` > 1, `RANK`,
+`LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) starts it. The global batch stays `--batch-size`:
+every rank reads the same seeded batch, pads it to a multiple of the world size with zero images
+and a 0/1 mask (`mnist_common.loaders.pad_batch`, as a JAX mesh does), and keeps its contiguous
+equal share, so the union of the shares is exactly the single-process batch and any batch size
+works. The step's loss is the masked sum over every share divided by the real images' count,
+and its gradient is that mean's (`torch_impl.backend.train_step`: DDP averages the ranks'
+gradients). Evaluation is sharded the same way and its sums are all-reduced. Only rank 0 writes
+files and shows progress (`mnist_common.placement.is_writer`). Collectives: gloo for CPU tensors,
+NCCL for CUDA ones (one GPU per rank, `cuda:LOCAL_RANK`).
 """
 
 import os
@@ -17,10 +19,10 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mnist_common.errors import UsageError
+from mnist_common.loaders import pad_batch
 
 
 class Group(NamedTuple):
@@ -30,7 +32,6 @@ class Group(NamedTuple):
     world_size: int
     local_rank: int
     device: torch.device
-    backend: str
 
 
 def requested():
@@ -48,30 +49,32 @@ def _env_int(name, default):
         raise UsageError(f"environment variable {name}={value!r} is not a whole number") from None
 
 
-def init(device_name):
-    """Join the process group torchrun describes; the device is cuda:LOCAL_RANK or the CPU."""
+def init():
+    """Join the process group torchrun describes, if it asked for one (before any device is
+    used); gloo serves CPU tensors and, where CUDA is present, NCCL serves CUDA ones."""
+    if not requested():
+        return
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise UsageError(f"WORLD_SIZE is set but {name} is not: launch with `torchrun "
                              f"--nproc_per_node=N -m torch_impl.train ...`")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+
+
+def group_over(device):
+    """This process's group for a run on `device` (CUDA: cuda:LOCAL_RANK), or None outside a
+    group."""
+    if not dist.is_initialized():
+        return None
     local_rank = _env_int("LOCAL_RANK", 0)
-    use_cuda = device_name in ("cuda", "gpu") or (device_name == "auto"
-                                                  and torch.cuda.is_available())
-    if use_cuda:
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device_name}: no CUDA device is visible to PyTorch")
+    if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UsageError(f"LOCAL_RANK {local_rank}: this machine has only "
                              f"{torch.cuda.device_count()} CUDA device(s); start at most that "
                              f"many processes per node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    dist.init_process_group(backend)
-    return Group(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+    return Group(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def shutdown():
@@ -79,46 +82,28 @@ def shutdown():
         dist.destroy_process_group()
 
 
-def shard(n, rank, world_size):
-    """This rank's contiguous share of n items: sizes differ by at most one, lower ranks first."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (rank < extra))
-
-
-def wrap(model, group):
-    """`model` in DistributedDataParallel (which broadcasts rank 0's parameters: every rank
-    starts from the same weights)."""
+def replicate(group, value):
+    """`value`, a model, in DistributedDataParallel, which broadcasts rank 0's parameters
+    (every rank starts from the same weights) and averages the gradients over the ranks."""
     device_ids = [group.device.index] if group.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(value, device_ids=device_ids)
 
 
 def place_batch(group, images, labels):
-    """Loader tensors of the global batch -> (this rank's share on its device, global size)."""
-    part = shard(len(labels), group.rank, group.world_size)
-    return (images[part].to(group.device, non_blocking=True),
-            labels[part].to(group.device, non_blocking=True), len(labels))
+    """A host batch of the global size -> this rank's equal share (images, labels[, mask]) as
+    tensors on its device."""
+    padded = pad_batch(images, labels, group.world_size)
+    size = len(padded[1]) // group.world_size
+    share = slice(group.rank * size, (group.rank + 1) * size)
+    return tuple(torch.as_tensor(a[share]).to(group.device, non_blocking=True) for a in padded)
 
 
-def all_sum(tensor):
-    """The element-wise sum over the ranks, in float64."""
-    tensor = tensor.to(torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def train_step(ddp, optimizer, batch):
-    """One Adam step on the global batch; returns the global batch's mean loss (a tensor)."""
-    images, labels, global_size = batch
-    world = dist.get_world_size()
-    ddp.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss_sum = nn.functional.cross_entropy(ddp(images), labels, reduction="sum")
-    # DDP divides the summed gradients by world_size: scale so the result is d(sum / global)/dw.
-    (loss_sum * (world / global_size)).backward()
-    optimizer.step()
-    (total,) = all_sum(torch.tensor([loss_sum.item()], device=images.device)).tolist()
-    return torch.tensor(total / global_size, dtype=torch.float64)
+def all_sum(group, values):
+    """The element-wise sum of `values` over the ranks, in float64, on the device: the host
+    waits for nothing."""
+    values = values.to(torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
 
 
 def agree_stop(group, wants_to_stop):
@@ -129,12 +114,6 @@ def agree_stop(group, wants_to_stop):
 
 
 def describe(group, device_description):
+    collectives = "nccl" if group.device.type == "cuda" else "gloo"
     return (f"{device_description} x {group.world_size} processes "
-            f"({group.backend}, DistributedDataParallel)")
-
-
-def check_batch_size(batch_size, group):
-    """Every rank needs at least one image of every full batch."""
-    if batch_size < group.world_size:
-        raise UsageError(f"--batch-size {batch_size} is smaller than the {group.world_size} "
-                         f"processes it is shared among")
+            f"({collectives}, DistributedDataParallel)")
