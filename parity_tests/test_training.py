@@ -3,15 +3,21 @@
 The optimiser alone: test_adam.py; 100 steps: test_trajectory.py; the whole loop: test_fit.py.
 """
 
-import jax
 import numpy as np
 import pytest
 import torch
-from parity_helpers import flax_state, flax_step, random_batch, torch_state, torch_step
+from parity_helpers import (
+    flax_loss_and_grads,
+    flax_state,
+    flax_step,
+    random_batch,
+    torch_loss_and_grads,
+    torch_state,
+    torch_step,
+)
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert
-from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import CANONICAL_SHAPES
 from torch_impl import backend as torch_backend
 
@@ -21,26 +27,6 @@ GRAD_RTOL = 1e-5
 # One Adam step moves each weight by at most lr = 2e-4; the update m/(sqrt(v)+eps) is O(1) and
 # differs between the two only by rounding, so 1e-6 absolute is ~0.5 % of the step: tight.
 ADAM_STEP_ATOL = 1e-6
-
-
-def torch_loss_and_grads(weights, batch):
-    state = torch_state(weights)
-    images, labels = batch
-    loss = torch.nn.functional.cross_entropy(state.model(images), labels)
-    loss.backward()
-    named = dict(state.model.named_parameters())
-    return loss.item(), {k: named[k].grad.numpy().copy() for k in CANONICAL_SHAPES}
-
-
-def flax_loss_and_grads(weights, batch):
-    state = flax_state(weights)
-    x, y = to_numpy_batch(*batch)
-
-    def loss_fn(params):
-        return flax_backend.cross_entropy(state.apply_fn({"params": params}, x), y)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return float(loss), convert.params_to_canonical(jax.device_get(grads))
 
 
 def assert_close_relative(actual, expected, rtol):
