@@ -59,6 +59,9 @@ class Config:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision}: unknown precision "
                              f"(choose {', '.join(PRECISIONS)})")
+        if self.resume and self.resume_from is not None:
+            raise UsageError("--resume continues the run in --out-dir, --resume-from starts a new "
+                             "one from another run's checkpoint: pass one of them")
         if self.loader not in LOADERS:
             raise UsageError(f"--loader {self.loader}: unknown loader "
                              f"(choose {', '.join(LOADERS)})")

@@ -68,9 +68,6 @@ def _carried_checkpoint(config):
     """The checkpoint `--resume-from` names (either framework's), checked; None without it."""
     if config.resume_from is None:
         return None
-    if config.resume:
-        raise UsageError("--resume continues the run in --out-dir, --resume-from starts a new "
-                         "one from another run's checkpoint: pass one of them")
     try:
         carried = load_checkpoint_at(config.resume_from)
     except UsageError as err:
