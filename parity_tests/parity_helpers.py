@@ -9,6 +9,7 @@ import torch
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert
+from mnist_common import loaders
 from mnist_common.config import Config
 from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import CANONICAL_SHAPES
@@ -99,3 +100,15 @@ def seeded_gradients(step, shapes=CANONICAL_SHAPES):
         grad[rng.random(shape) < 0.05] = 0.0  # dead units: no gradient at all
         grads[key] = grad.astype(np.float32)
     return grads
+
+
+def predictions(framework, weights, test_split):
+    """The class each test image gets from `weights` in `framework` (file order)."""
+    if framework == "torch":
+        model = torch_state(weights).model.eval()
+        with torch.no_grad():
+            return np.concatenate([model(x).argmax(1).numpy()
+                                   for x, _ in loaders.eval_batches(test_split)])
+    state = flax_state(weights)
+    return np.concatenate([flax_backend.logits(state, to_numpy_batch(x, y)).argmax(1)
+                           for x, y in loaders.eval_batches(test_split)])

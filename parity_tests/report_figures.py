@@ -19,23 +19,34 @@ def draw_all(out, records, series):
     return written
 
 
-def trajectory_figure(path, gaps, records):
-    """|dw| quantiles at step 100: Flax vs torch beside the four torch-vs-torch variations."""
-    names = list(gaps)
-    quantiles = {"median": 0.5, "90th percentile": 0.9}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, (label, q) in zip(axes, quantiles.items(), strict=True):
-        values = [np.quantile(gaps[n], q) for n in names]
-        colors = ["tab:orange" if n.startswith("flax") else "tab:blue" for n in names]
-        ax.barh(names, values, color=colors)
+def trajectory_figure(path, quantiles, records):
+    """|dw| at step 100: Flax vs torch beside the four torch-vs-torch variations; the
+    percentile curves, and the median and 90th percentile against their bounds."""
+    names = list(quantiles)
+    colors = {n: "tab:orange" if n.startswith("flax") else None for n in names}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), constrained_layout=True,
+                             gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    percent = np.linspace(0, 100, 101)
+    for name in names:
+        axes[0].plot(percent[1:], quantiles[name][1:], label=name, color=colors[name],
+                     linewidth=2.5 if colors[name] else 1.2)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("percentile over the 123,222 weights")
+    axes[0].set_ylabel("|w - w_torch| at step 100")
+    axes[0].legend(fontsize=8)
+    for ax, (label, index) in zip(axes[1:], (("median", 50), ("90th percentile", 90)),
+                                  strict=True):
+        values = [quantiles[n][index] for n in names]
+        ax.barh(names, values, color=[colors[n] or "tab:blue" for n in names])
         bound = [r["bound"] for r in records if r.get("statistic") == label]
         if bound:
             ax.axvline(bound[0], color="red", linestyle="--", label=f"bound {bound[0]:.2g}")
-            ax.legend(loc="lower right")
-        ax.set_xlabel(f"{label} of |w - w_torch| over 123,222 weights, step 100")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel(f"{label} of |w - w_torch|")
         ax.invert_yaxis()
+    axes[2].set_yticks([])
     fig.suptitle("100 steps from identical weights: the Flax-torch weight gap (orange) beside "
-                 "torch against itself (blue)")
+                 "torch against itself (blue: four float32 variations)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
