@@ -13,7 +13,6 @@ from mnist_common.config import program
 from mnist_common.errors import UsageError
 from torch_impl import train as torch_train
 
-pytestmark = pytest.mark.data
 PROG = program("torch")
 
 
