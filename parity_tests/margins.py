@@ -73,7 +73,8 @@ def text_table(entries=None):
 
 def markdown_table(entries=None):
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table(entries)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in table(entries)]
     return lines
 
 
