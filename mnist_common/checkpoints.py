@@ -185,7 +185,11 @@ def load_checkpoint(out_dir):
     if name is None:
         raise UsageError(f"checkpoint pointer {latest} is damaged (it does not name a "
                          f"step-NNNNNNN directory)")
-    directory = root / name
+    return read_checkpoint(root / name)
+
+
+def read_checkpoint(directory):
+    """Read and verify the checkpoint in `directory`; a damaged one is a UsageError."""
     try:
         progress = json.loads((directory / "progress.json").read_text())
         _check_progress(progress)
@@ -206,6 +210,23 @@ def load_checkpoint(out_dir):
     return Checkpoint(params, optimizer, progress, directory)
 
 
+def load_checkpoint_at(path):
+    """The checkpoint `--resume-from PATH` names: a run dir, its checkpoints/ dir, one
+    step-NNNNNNN checkpoint dir or its progress.json; either framework's."""
+    path = Path(path)
+    if path.is_file() and path.name == "progress.json":
+        path = path.parent
+    if (path / "progress.json").is_file():
+        return read_checkpoint(path)
+    if (path / LATEST).is_file():
+        return load_checkpoint(path.parent)
+    if (checkpoint_root(path) / LATEST).is_file():
+        return load_checkpoint(path)
+    what = "does not exist" if not path.exists() else "holds no checkpoint"
+    raise UsageError(f"{path} {what} (expected a run's --out-dir, its {CHECKPOINT_DIR}/ "
+                     f"directory, a step-NNNNNNN checkpoint or its progress.json)")
+
+
 def check_resume(config, framework, progress, checkpoint_dir):
     """A resumed run must be the same framework and keep what shapes the trajectory."""
     if progress["framework"] != framework:
@@ -217,3 +238,14 @@ def check_resume(config, framework, progress, checkpoint_dir):
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"--resume: the checkpoint was made with {flag} {saved[key]}, "
                              f"not {getattr(config, key)}; resume with {flag} {saved[key]}")
+
+
+def check_carry(config, progress, checkpoint_dir):
+    """A run continued from another run's checkpoint (of either framework) keeps what shapes
+    the trajectory."""
+    saved = progress["config"]
+    for key in RESUME_MUST_MATCH:
+        if saved[key] != getattr(config, key):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"--resume-from: {checkpoint_dir} was made with {flag} {saved[key]}, "
+                             f"not {getattr(config, key)}; pass {flag} {saved[key]}")

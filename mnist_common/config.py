@@ -31,6 +31,7 @@ class Config:
     max_steps: int | None = None  # stop training after this many steps, still evaluate
     progress: bool = True  # tqdm bars (also off when stderr is not a terminal)
     resume: bool = False  # continue from the checkpoint in out_dir
+    resume_from: str | None = None  # start a new run in out_dir from another run's checkpoint
     precision: str = "highest"  # the tutorial's float32 arithmetic; "tf32" on a GPU is faster
     overwrite: bool = False  # replace a finished run of another framework or configuration
     steps_per_dispatch: int | None = None  # None: the engine's choice (1 on a CPU, else an epoch)
@@ -58,6 +59,9 @@ class Config:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision}: unknown precision "
                              f"(choose {', '.join(PRECISIONS)})")
+        if self.resume and self.resume_from is not None:
+            raise UsageError("--resume continues the run in --out-dir, --resume-from starts a new "
+                             "one from another run's checkpoint: pass one of them")
         if self.loader not in LOADERS:
             raise UsageError(f"--loader {self.loader}: unknown loader "
                              f"(choose {', '.join(LOADERS)})")
@@ -160,6 +164,10 @@ def build_parser(framework, description):
     parser.add_argument("--resume", action="store_true",
                         help="continue the run whose checkpoint is in --out-dir (same "
                              "--batch-size, --lr and --seed; --epochs and --max-steps may grow)")
+    parser.add_argument("--resume-from", default=None, metavar="PATH",
+                        help="start this run from a checkpoint written by either framework: a "
+                             "run's --out-dir, its checkpoints/ dir or one step-NNNNNNN dir "
+                             "(weights, Adam state, position; same --batch-size, --lr, --seed)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished run in --out-dir made by the other framework or "
                              "with other flags (rerunning the same command needs no flag)")

@@ -21,9 +21,11 @@ from mnist_common import data, loaders, reporting, rundir
 from mnist_common.architecture import CANONICAL_SHAPES
 from mnist_common.checkpoints import (
     LATEST,
+    check_carry,
     check_resume,
     checkpoint_root,
     load_checkpoint,
+    load_checkpoint_at,
     save_checkpoint,
 )
 from mnist_common.config import program, resume_command
@@ -43,14 +45,15 @@ def fit(config, backend, placement, state):
     if config.resume and not (checkpoint_root(config.out_dir) / LATEST).is_file():
         raise UsageError(f"--resume: no checkpoint in {config.out_dir} "
                          f"(expected {checkpoint_root(config.out_dir) / LATEST})")
+    carried = _carried_checkpoint(config)
     splits = _load_data(config)
     run = TrainingRun(config, backend, placement, splits)
     if not run.writer:  # another process of a data-parallel run writes; this one only reads
-        resumed = load_checkpoint(config.out_dir) if config.resume else None
+        resumed = load_checkpoint(config.out_dir) if config.resume else carried
         return run.train(state, Path(config.out_dir), resumed)
     out_dir, created = rundir.prepare_out_dir(config.out_dir)
     with rundir.locked(out_dir, created):
-        resumed = None
+        resumed = carried
         if config.resume:
             try:
                 resumed = load_checkpoint(out_dir)
@@ -61,6 +64,18 @@ def fit(config, backend, placement, state):
         else:
             rundir.refuse_to_replace(out_dir, config, backend.FRAMEWORK)
         return run.train(state, out_dir, resumed)
+
+
+def _carried_checkpoint(config):
+    """The checkpoint `--resume-from` names (either framework's), checked; None without it."""
+    if config.resume_from is None:
+        return None
+    try:
+        carried = load_checkpoint_at(config.resume_from)
+    except UsageError as err:
+        raise UsageError(f"--resume-from: {err}") from None
+    check_carry(config, carried.progress, carried.path)
+    return carried
 
 
 def _load_data(config):
@@ -135,14 +150,15 @@ class TrainingRun:
     def restore(self, resumed):
         """Continue from a checkpoint: its arrays into the state, its progress into ours."""
         saved = resumed.progress
+        flag = "--resume" if self.config.resume else "--resume-from"
         if saved["global_step"] != saved["epoch"] * self.steps_per_epoch + saved["step_in_epoch"] \
                 or saved["step_in_epoch"] >= self.steps_per_epoch:
-            raise UsageError(f"--resume: checkpoint {resumed.path} is damaged (its step counts "
+            raise UsageError(f"{flag}: checkpoint {resumed.path} is damaged (its step counts "
                              f"do not fit {self.steps_per_epoch} steps per epoch)")
         if saved["global_step"] > self.total_steps:
             config = self.config
             raise UsageError(
-                f"--resume: the checkpoint is at step {saved['global_step']}, past the "
+                f"{flag}: the checkpoint is at step {saved['global_step']}, past the "
                 f"{self.total_steps} steps that --epochs {config.epochs}"
                 f"{f' and --max-steps {config.max_steps}' if config.max_steps else ''} ask "
                 f"for; raise them (or drop --max-steps) to train further")
@@ -150,7 +166,8 @@ class TrainingRun:
         for key in ("epoch", "step_in_epoch", "global_step", "train_seconds", "step_losses",
                     "epochs"):
             self.progress[key] = saved[key]
-        self.saved_step = saved["global_step"]
+        # A checkpoint of another run is not one of this run: the first save writes one here.
+        self.saved_step = saved["global_step"] if self.config.resume else None
 
     def checkpoint(self):
         """Save the current state, unless nothing changed since the last checkpoint."""

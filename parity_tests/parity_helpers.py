@@ -3,13 +3,19 @@
 Everything runs through the engines the CLIs run, `torch_impl.backend` and `flax_impl.backend`.
 """
 
+import jax
 import numpy as np
 import torch
 
 from flax_impl import backend as flax_backend
+from flax_impl import convert
+from mnist_common import loaders
 from mnist_common.config import Config
+from mnist_common.weights import CANONICAL_SHAPES
 from torch_impl import backend as torch_backend
 
+# Gradient scales per step: large, tiny (Adam's eps matters at ~1e-8), mixed, sign changes.
+GRADIENT_SCALES = (1.0, 1e-3, 10.0, 1e-8, 0.1, 3e-7)
 TORCH_CPU = torch_backend.select_placement("cpu")
 FLAX_CPU = flax_backend.select_placement("cpu")
 
@@ -51,3 +57,64 @@ def flax_step(state, batch):
     """One Flax train step on a host batch; (state, loss as a float)."""
     state, metrics = flax_backend.train_step(state, flax_backend.place_batch(FLAX_CPU, *batch))
     return state, float(metrics["loss"])
+
+
+def torch_loss_and_grads(weights, batch):
+    """torch's mean cross-entropy and canonical gradients of `weights` on a loader batch."""
+    state = torch_state(weights)
+    images, labels = map(torch.as_tensor, batch)
+    loss = torch.nn.functional.cross_entropy(state.model(images), labels)
+    loss.backward()
+    named = dict(state.model.named_parameters())
+    return loss.item(), {k: named[k].grad.numpy().copy() for k in CANONICAL_SHAPES}
+
+
+def flax_loss_and_grads(weights, batch):
+    """Flax's mean cross-entropy (the engine's) and canonical gradients, same inputs."""
+    state = flax_state(weights)
+    x, y = to_numpy_batch(*batch)
+
+    def loss_fn(params):
+        return flax_backend.cross_entropy(state.apply_fn({"params": params}, x), y)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return float(loss), convert.params_to_canonical(jax.device_get(grads))
+
+
+def torch_apply(state, grads):
+    """torch's optimizer fed canonical gradients: one step."""
+    named = dict(state.model.named_parameters())
+    for key in CANONICAL_SHAPES:
+        named[key].grad = torch.from_numpy(grads[key].copy())
+    state.optimizer.step()
+    return state
+
+
+@jax.jit
+def flax_apply(state, grads):
+    """Flax's optimizer fed gradients in Flax's layout: one step."""
+    return state.apply_gradients(grads=grads)
+
+
+def seeded_gradients(step, shapes=CANONICAL_SHAPES):
+    """Canonical-layout gradients for one step: varied magnitudes, some exact zeros."""
+    rng = np.random.default_rng([11, step])
+    scale = GRADIENT_SCALES[step % len(GRADIENT_SCALES)]
+    grads = {}
+    for key, shape in shapes.items():
+        grad = rng.standard_normal(shape) * scale * 10.0 ** rng.uniform(-2, 1, shape)
+        grad[rng.random(shape) < 0.05] = 0.0  # dead units: no gradient at all
+        grads[key] = grad.astype(np.float32)
+    return grads
+
+
+def predictions(framework, weights, test_split):
+    """The class each test image gets from `weights` in `framework` (file order)."""
+    if framework == "torch":
+        model = torch_state(weights).model.eval()
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(x)).argmax(1).numpy()
+                                   for x, _ in loaders.eval_batches(test_split)])
+    state = flax_state(weights)
+    return np.concatenate([flax_backend.logits(state, to_numpy_batch(x, y)).argmax(1)
+                           for x, y in loaders.eval_batches(test_split)])

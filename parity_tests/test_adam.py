@@ -4,11 +4,19 @@ Both sides get identical gradients (seeded arrays, not each side's own backward 
 difference is the optimiser's: its formula, its hyper-parameters, its state.
 """
 
-import jax
 import numpy as np
 import pytest
 import torch
-from parity_helpers import FLAX_CPU, flax_state, torch_state
+from margins import record
+from parity_helpers import (
+    FLAX_CPU,
+    GRADIENT_SCALES,
+    flax_apply,
+    flax_state,
+    seeded_gradients,
+    torch_apply,
+    torch_state,
+)
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert
@@ -26,35 +34,6 @@ ADAM_STEP_ATOL = 1e-6
 # tensor's largest entry. A wrong beta moves them by >= 10 %.
 MOMENT_RTOL = 1e-5
 MOMENT_ATOL_OF_MAX = 1e-6
-# Gradient scales per step: large, tiny (Adam's eps matters at ~1e-8), mixed, sign changes.
-GRADIENT_SCALES = (1.0, 1e-3, 10.0, 1e-8, 0.1, 3e-7)
-
-
-def seeded_gradients(step, shapes=CANONICAL_SHAPES):
-    """Canonical-layout gradients for one step: varied magnitudes, some exact zeros."""
-    rng = np.random.default_rng([11, step])
-    scale = GRADIENT_SCALES[step % len(GRADIENT_SCALES)]
-    grads = {}
-    for key, shape in shapes.items():
-        grad = rng.standard_normal(shape) * scale * 10.0 ** rng.uniform(-2, 1, shape)
-        grad[rng.random(shape) < 0.05] = 0.0  # dead units: no gradient at all
-        grads[key] = grad.astype(np.float32)
-    return grads
-
-
-def torch_apply(state, grads):
-    named = dict(state.model.named_parameters())
-    for key in CANONICAL_SHAPES:
-        named[key].grad = torch.from_numpy(grads[key].copy())
-    state.optimizer.step()
-    return state
-
-
-@jax.jit
-def flax_apply(state, grads):
-    return state.apply_gradients(grads=grads)
-
-
 def assert_same_adam(torch_arrays, flax_arrays, step):
     (torch_params, torch_opt), (flax_params, flax_opt) = torch_arrays, flax_arrays
     for key in CANONICAL_SHAPES:
@@ -76,6 +55,12 @@ def test_shipped_optimizers_agree_over_six_steps(canonical_weights):
         tstate = torch_apply(tstate, grads)
         fstate = flax_apply(fstate, convert.canonical_to_params(grads))
         assert int(fstate.step) == step
+        if step == len(GRADIENT_SCALES):
+            params = (torch_backend.state_to_arrays(tstate)[0],
+                      flax_backend.state_to_arrays(fstate)[0])
+            record("Adam: the engines' optimizers after 6 steps, max |w_Flax - w_torch|",
+                   max(np.abs(params[1][k] - params[0][k]).max() for k in CANONICAL_SHAPES),
+                   ADAM_STEP_ATOL, group="adam")
         assert_same_adam(torch_backend.state_to_arrays(tstate),
                          flax_backend.state_to_arrays(fstate), step)
     moved = max(np.abs(torch_backend.state_to_arrays(tstate)[0][k] - canonical_weights[k]).max()

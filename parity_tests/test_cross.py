@@ -4,8 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
-from parity_helpers import flax_state, flax_step, to_numpy_batch, torch_state, torch_step
+from margins import record
+from parity_helpers import flax_state, flax_step, predictions, torch_state, torch_step
 
 from flax_impl import backend as flax_backend
 from flax_impl import evaluate as flax_evaluate
@@ -20,19 +20,6 @@ def splits(mnist_root):
     return data.load_arrays(mnist_root, train=True), data.load_arrays(mnist_root, train=False)
 
 
-def torch_predictions(weights, test_split):
-    model = torch_state(weights).model.eval()
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x)).argmax(1).numpy()
-                               for x, _ in loaders.eval_batches(test_split)])
-
-
-def flax_predictions(weights, test_split):
-    state = flax_state(weights)
-    return np.concatenate([flax_backend.logits(state, to_numpy_batch(x, y)).argmax(1)
-                           for x, y in loaders.eval_batches(test_split)])
-
-
 def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, splits):
     train_split, test_split = splits
     state = torch_state(canonical_weights)
@@ -41,9 +28,12 @@ def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, sp
         if state.optimizer.state[state.model.layer[0].weight]["step"] >= 30:
             break
     weights, _ = torch_backend.state_to_arrays(state)
-    torch_classes = torch_predictions(weights, test_split)
+    torch_classes = predictions("torch", weights, test_split)
     assert (torch_classes == test_split[1]).mean() > 0.6  # trained, not at chance
-    np.testing.assert_array_equal(flax_predictions(weights, test_split), torch_classes)
+    flax_classes = predictions("flax", weights, test_split)
+    record("cross: torch-trained weights, test images Flax classifies differently",
+           int((flax_classes != torch_classes).sum()), 0, group="cross")
+    np.testing.assert_array_equal(flax_classes, torch_classes)
 
 
 def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, splits):
@@ -53,9 +43,12 @@ def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, sp
     for batch in itertools.islice(batches, 30):
         state, _ = flax_step(state, batch)
     weights, _ = flax_backend.state_to_arrays(state)
-    flax_classes = flax_predictions(weights, test_split)
+    flax_classes = predictions("flax", weights, test_split)
     assert (flax_classes == test_split[1]).mean() > 0.5  # trained, not at chance (0.1)
-    np.testing.assert_array_equal(torch_predictions(weights, test_split), flax_classes)
+    torch_classes = predictions("torch", weights, test_split)
+    record("cross: Flax-trained weights, test images torch classifies differently",
+           int((flax_classes != torch_classes).sum()), 0, group="cross")
+    np.testing.assert_array_equal(torch_classes, flax_classes)
 
 
 def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, splits, mnist_root):
@@ -71,5 +64,9 @@ def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, spli
     torch_metrics = torch_evaluate.main(argv)
     flax_metrics = flax_evaluate.main(argv)
     assert torch_metrics["test_examples"] == flax_metrics["test_examples"] == 10_000
+    record("cross: evaluate CLIs on one file, |correct_torch - correct_Flax|",
+           abs(torch_metrics["test_correct"] - flax_metrics["test_correct"]), 0, group="cross")
+    record("cross: evaluate CLIs on one file, |loss_torch - loss_Flax|",
+           abs(torch_metrics["test_loss"] - flax_metrics["test_loss"]), 1e-5, group="cross")
     assert torch_metrics["test_correct"] == flax_metrics["test_correct"]
     assert abs(torch_metrics["test_loss"] - flax_metrics["test_loss"]) < 1e-5

@@ -2,7 +2,7 @@
 
 import jax
 import numpy as np
-import torch
+from margins import record
 from parity_helpers import flax_state, random_batch, to_numpy_batch, torch_state
 
 from flax_impl import convert
@@ -28,22 +28,6 @@ def test_flax_param_shapes_are_the_canonical_shapes_converted():
     assert {k: v.shape for k, v in canonical.items()} == CANONICAL_SHAPES
 
 
-def test_flax_init_matches_torch_default_distribution():
-    # torch's default: weights and biases U(+-1/sqrt(fan_in)); check bound and spread per layer.
-    params = FlaxCNN().init(jax.random.PRNGKey(1), np.zeros((1, 28, 28, 1), np.float32))["params"]
-    canonical = convert.params_to_canonical(params)
-    torch.manual_seed(1)
-    reference = {k: v.detach().numpy() for k, v in TorchCNN().state_dict().items()}
-    for key, value in canonical.items():
-        fan_in = int(np.prod(CANONICAL_SHAPES[key.replace("bias", "weight")][1:]))
-        bound = 1 / np.sqrt(fan_in)
-        assert np.abs(value).max() <= bound, key
-        assert np.abs(value).max() > 0.8 * bound, key  # fills the interval, not a narrower one
-        # Uniform on [-b, b] has std b/sqrt(3); compare with torch's draw of the same layer.
-        if value.size >= 100:
-            assert abs(value.std() - reference[key].std()) < 0.15 * bound / np.sqrt(3), key
-
-
 def test_per_layer_activations_match(canonical_weights):
     images, labels = random_batch(0, batch_size=8)
     model = torch_state(canonical_weights).model
@@ -62,6 +46,8 @@ def test_per_layer_activations_match(canonical_weights):
         flax_out = np.asarray(inter[flax_name]["__call__"][0])  # NHWC
         torch_out = torch_acts[torch_name].transpose(0, 2, 3, 1)  # NCHW -> NHWC
         assert flax_out.shape == torch_out.shape
+        record(f"model: conv {torch_name} output, max |Flax - torch|",
+               np.abs(flax_out - torch_out).max(), LOGIT_ATOL, group="model")
         np.testing.assert_allclose(flax_out, torch_out, rtol=0, atol=LOGIT_ATOL)
     assert torch_acts["0"].shape == (8, 16, 24, 24)
     assert torch_acts["4"].shape == (8, 32, 10, 10)
@@ -76,6 +62,8 @@ def test_logits_match_on_identical_weights(canonical_weights):
     x, _ = to_numpy_batch(images, labels)
     flax_logits = np.asarray(state.apply_fn({"params": state.params}, x))
     assert flax_logits.shape == torch_logits.shape == (64, 10)
+    record("model: logits, max |Flax - torch|", np.abs(flax_logits - torch_logits).max(),
+           LOGIT_ATOL, group="model")
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=0, atol=LOGIT_ATOL)
 
 
@@ -86,6 +74,8 @@ def test_partial_batch_works_in_both(canonical_weights):
     state = flax_state(canonical_weights)
     flax_logits = np.asarray(state.apply_fn({"params": state.params},
                                             to_numpy_batch(images, labels)[0]))
+    record("model: logits of a 3-image batch, max |Flax - torch|",
+           np.abs(flax_logits - torch_logits).max(), LOGIT_ATOL, group="model")
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=0, atol=LOGIT_ATOL)
 
 

@@ -3,15 +3,16 @@
 The optimiser alone: test_adam.py; 100 steps: test_trajectory.py; the whole loop: test_fit.py.
 """
 
-import jax
 import numpy as np
 import pytest
 import torch
+from margins import record
 from parity_helpers import (
+    flax_loss_and_grads,
     flax_state,
     flax_step,
     random_batch,
-    to_numpy_batch,
+    torch_loss_and_grads,
     torch_state,
     torch_step,
 )
@@ -29,30 +30,13 @@ GRAD_RTOL = 1e-5
 ADAM_STEP_ATOL = 1e-6
 
 
-def torch_loss_and_grads(weights, batch):
-    state = torch_state(weights)
-    images, labels = batch
-    loss = torch.nn.functional.cross_entropy(state.model(images), labels)
-    loss.backward()
-    named = dict(state.model.named_parameters())
-    return loss.item(), {k: named[k].grad.numpy().copy() for k in CANONICAL_SHAPES}
-
-
-def flax_loss_and_grads(weights, batch):
-    state = flax_state(weights)
-    x, y = to_numpy_batch(*batch)
-
-    def loss_fn(params):
-        return flax_backend.cross_entropy(state.apply_fn({"params": params}, x), y)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return float(loss), convert.params_to_canonical(jax.device_get(grads))
-
-
-def assert_close_relative(actual, expected, rtol):
+def assert_close_relative(actual, expected, rtol, recorded=False):
     for key in CANONICAL_SHAPES:
         scale = np.abs(expected[key]).max()
         error = np.abs(actual[key] - expected[key]).max()
+        if recorded:
+            record(f"training: d {key}, max |Flax - torch| / max |torch|", error / scale, rtol,
+                   group="training")
         assert error <= rtol * scale, f"{key}: max error {error:.3g} > {rtol} x {scale:.3g}"
 
 
@@ -60,8 +44,10 @@ def test_loss_and_gradients_match(canonical_weights):
     batch = random_batch(3, batch_size=64)
     torch_loss, torch_grads = torch_loss_and_grads(canonical_weights, batch)
     flax_loss, flax_grads = flax_loss_and_grads(canonical_weights, batch)
+    record("training: loss, |Flax - torch| / torch", abs(flax_loss - torch_loss) / torch_loss,
+           GRAD_RTOL, group="training")
     assert abs(flax_loss - torch_loss) <= GRAD_RTOL * abs(torch_loss)
-    assert_close_relative(flax_grads, torch_grads, GRAD_RTOL)
+    assert_close_relative(flax_grads, torch_grads, GRAD_RTOL, recorded=True)
 
 
 def test_gradient_check_can_fail(canonical_weights):
@@ -106,6 +92,9 @@ def test_one_adam_step_matches(canonical_weights):
         grads=convert.canonical_to_params(grads))
     torch_params, torch_opt = torch_backend.state_to_arrays(tstate)
     flax_params, flax_opt = flax_backend.state_to_arrays(fstate)
+    record("training: one Adam step on the same gradients, max |w_Flax - w_torch|",
+           max(np.abs(flax_params[k] - torch_params[k]).max() for k in CANONICAL_SHAPES),
+           ADAM_STEP_ATOL, group="training")
     for key in CANONICAL_SHAPES:
         moved = np.abs(torch_params[key] - canonical_weights[key]).max()
         assert moved > 1e-4, f"{key} did not move"  # the step happened
@@ -177,6 +166,12 @@ def test_one_train_step_matches_where_gradients_are_not_tiny(canonical_weights):
     assert pool_near_ties(canonical_weights, batch[0]) == [0, 0]  # the precondition
     _, grads = torch_loss_and_grads(canonical_weights, batch)
     (_, torch_params, _), (_, flax_params, _) = run_steps(canonical_weights, [batch])
+    gaps = []
+    for key in CANONICAL_SHAPES:
+        clear = np.abs(grads[key]) > 1e-3 * np.abs(grads[key]).max()
+        gaps.append(np.abs(flax_params[key][clear] - torch_params[key][clear]).max())
+    record("training: each engine's own train step, max |w_Flax - w_torch| (clear gradients)",
+           max(gaps), ADAM_STEP_ATOL, group="training")
     for key in CANONICAL_SHAPES:
         clear = np.abs(grads[key]) > 1e-3 * np.abs(grads[key]).max()
         assert clear.mean() > 0.3, key  # dead ReLU units give whole rows of zero gradient

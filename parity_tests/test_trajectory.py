@@ -38,6 +38,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from margins import record, series
 from parity_helpers import flax_state, flax_step, torch_state, torch_step
 
 from flax_impl import backend as flax_backend
@@ -162,6 +163,12 @@ def statistics(run, reference):
     return {name: float(np.quantile(gaps, q)) for name, q in QUANTILES.items()}
 
 
+def keep_for_the_report(name, run, reference):
+    """The percentiles 0..100 of |dw| at step 100, for the report's figure."""
+    gaps = weight_gaps(run.final, reference.final)
+    series("trajectory", name, np.quantile(gaps, np.linspace(0, 1, 101)))
+
+
 def violations(run, reference, bounds):
     """The statistics of `run` that exceed their bound: {name: (value, bound)}."""
     stats = statistics(run, reference)
@@ -188,6 +195,7 @@ def noise_bounds(canonical_weights, batches, torch_reference):
         assert weight_gaps(run.final, torch_reference.final).max() > 0, name
         assert run.losses[-10:].mean() < 0.5 * run.losses[:10].mean(), name  # it learned
         stats.append(statistics(run, torch_reference))
+        keep_for_the_report(f"torch {name}", run, torch_reference)
     return {name: NOISE_FACTOR * max(s[name] for s in stats) for name in QUANTILES}
 
 
@@ -199,6 +207,11 @@ def flax_shipped(canonical_weights, batches):
 @pytest.mark.slow
 def test_first_10_steps_agree_to_1e_4(flax_shipped, torch_reference):
     flax, torch_ = flax_shipped, torch_reference
+    record(f"100 steps: first {EARLY_STEPS} losses, max |Flax - torch|",
+           np.abs(flax.losses[:EARLY_STEPS] - torch_.losses[:EARLY_STEPS]).max(), EARLY_ATOL,
+           group="trajectory")
+    record(f"100 steps: weights after {EARLY_STEPS}, max |Flax - torch|",
+           weight_gaps(flax.early, torch_.early).max(), EARLY_ATOL, group="trajectory")
     np.testing.assert_allclose(flax.losses[:EARLY_STEPS], torch_.losses[:EARLY_STEPS], rtol=0,
                                atol=EARLY_ATOL)
     for key in CANONICAL_SHAPES:
@@ -210,6 +223,12 @@ def test_first_10_steps_agree_to_1e_4(flax_shipped, torch_reference):
 def test_100_steps_stay_within_torchs_own_float32_noise(flax_shipped, torch_reference,
                                                         noise_bounds):
     assert torch_reference.losses[-10:].mean() < 0.5 * torch_reference.losses[:10].mean()
+    keep_for_the_report("flax (shipped)", flax_shipped, torch_reference)
+    stats = statistics(flax_shipped, torch_reference)
+    for name, label in (("median", "median"), ("p90", "90th percentile")):
+        record(f"100 steps: {label} of |w_Flax - w_torch| at step 100 ({NOISE_FACTOR}x torch's "
+               f"own largest)", stats[name], noise_bounds[name], group="trajectory",
+               statistic=label)
     assert not violations(flax_shipped, torch_reference, noise_bounds)
 
 

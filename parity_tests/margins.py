@@ -1,0 +1,98 @@
+"""Every parity check's margin: what it measured, against which bound.
+
+A test calls `record(check, measured, bound)` before it asserts, so a failing check shows in the
+table too. `pytest parity_tests` ends with the table (conftest.py's terminal summary);
+`--parity-report DIR` also writes it as report.md and report.json, with the figures of
+`report_figures.py`. `series` keeps the arrays a figure needs (the 100-step weight gaps).
+"""
+
+import json
+import math
+from pathlib import Path
+
+RECORDS = []  # one dict per recorded check, in the order the tests ran
+SERIES = {}  # figure data: name -> {label: list of floats}
+
+
+def record(check, measured, bound, *, floor=False, group="", **details):
+    """Note one check: `measured` must be <= `bound` (>= with `floor`); details go to the JSON."""
+    RECORDS.append({"check": check, "measured": float(measured), "bound": float(bound),
+                    "kind": ">=" if floor else "<=", "group": group, **details})
+
+
+def series(name, label, values):
+    """Keep a named series of values for a figure."""
+    SERIES.setdefault(name, {})[label] = [float(v) for v in values]
+
+
+def margin(entry):
+    """How far inside its bound a check is (negative: it failed), in the check's own units."""
+    if entry["kind"] == ">=":
+        return entry["measured"] - entry["bound"]
+    return entry["bound"] - entry["measured"]
+
+
+def fraction(entry):
+    """measured / bound for a ceiling (bound / measured for a floor): 1 is the edge."""
+    top, bottom = ((entry["bound"], entry["measured"]) if entry["kind"] == ">="
+                   else (entry["measured"], entry["bound"]))
+    if bottom == 0:
+        return 0.0 if top == 0 else math.inf
+    return top / bottom
+
+
+def _number(value):
+    if value == 0:
+        return "0"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+
+
+def table(entries=None):
+    """The checks as rows of (check, measured, bound, margin, of bound)."""
+    rows = []
+    for entry in RECORDS if entries is None else entries:
+        bound = f"{entry['kind']} {_number(entry['bound'])}"
+        rows.append((entry["check"], _number(entry["measured"]), bound, _number(margin(entry)),
+                     f"{fraction(entry):.2f}"))
+    return rows
+
+
+HEADER = ("check", "measured", "bound", "margin", "used")
+
+
+def text_table(entries=None):
+    """The table as aligned text lines, for the terminal."""
+    rows = [HEADER, *table(entries)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+            for row in rows]
+
+
+def markdown_table(entries=None):
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in table(entries)]
+    return lines
+
+
+def write_report(directory, environment):
+    """report.md, report.json and the figures into `directory`; returns the paths written."""
+    from report_figures import draw_all  # matplotlib only when a report is asked for
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = draw_all(out, RECORDS, SERIES)
+    failed = sum(margin(e) < 0 for e in RECORDS)
+    lines = ["# Parity report", "", f"{len(RECORDS)} checks, {failed} outside their bound. "
+             "`used` is measured / bound (bound / measured for a floor): 1 is the edge.", "",
+             "Machine: " + environment, "", *markdown_table(), ""]
+    lines += [f"![{f.stem}]({f.name})" for f in figures]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    entries = [{**e, "margin": margin(e),
+                "used": fraction(e) if math.isfinite(fraction(e)) else None} for e in RECORDS]
+    (out / "report.json").write_text(json.dumps(
+        {"environment": environment, "checks": entries, "series": SERIES}, indent=1) + "\n")
+    return [out / "report.md", out / "report.json", *figures]
