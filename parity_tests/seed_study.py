@@ -44,7 +44,7 @@ def summary(values):
 
 def run_seed(backend, placement, base, seed, steps, splits):
     """Test accuracy after `steps` steps from the framework's own seed-`seed` weights."""
-    from mnist_common import loaders, loop
+    from mnist_common import loaders
     from mnist_common.config import Config
 
     own = backend.state_to_arrays(backend.create_train_state(Config(seed=seed), placement))[0]
@@ -53,8 +53,8 @@ def run_seed(backend, placement, base, seed, steps, splits):
     order = loaders.train_batches(train, seed=seed, epoch=0, batch_size=256)
     batches = [backend.place_batch(placement, x, y) for x, y in itertools.islice(order, steps)]
     state, _ = backend.train_steps(state, batches)
-    return loop.evaluate_split(backend, placement, state, test, loader="memory",
-                               root=None)["accuracy"]
+    test_batches = loaders.EngineBatches(backend, placement, test, train=False)
+    return backend.evaluate(state, test_batches.every_example())["accuracy"]
 
 
 def study(seeds, steps, progress=True):

@@ -23,6 +23,7 @@ from parity_helpers import (
     flax_loss_and_grads,
     flax_state,
     seeded_gradients,
+    to_numpy_batch,
     torch_apply,
     torch_loss_and_grads,
     torch_state,
@@ -33,7 +34,6 @@ from referee import mnist as referee_mnist
 from flax_impl import backend as flax_backend
 from flax_impl import convert
 from mnist_common import data, loaders
-from mnist_common.loaders import to_numpy_batch
 from mnist_common.weights import CANONICAL_SHAPES
 from torch_impl import backend as torch_backend
 
@@ -98,7 +98,7 @@ def torch_intermediates(weights, images):
         modules[key].register_forward_hook(
             lambda mod, args, result, name=name: out.__setitem__(name, result.detach().numpy()))
     with torch.no_grad():
-        model(images)
+        model(torch.as_tensor(images))
     return out
 
 
