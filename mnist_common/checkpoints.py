@@ -232,20 +232,27 @@ def check_resume(config, framework, progress, checkpoint_dir):
     if progress["framework"] != framework:
         raise UsageError(f"--resume: {checkpoint_dir} was written by "
                          f"{program(progress['framework'])}; resume it with that")
-    saved = progress["config"]
-    for key in RESUME_MUST_MATCH:
-        if saved[key] != getattr(config, key):
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"--resume: the checkpoint was made with {flag} {saved[key]}, "
-                             f"not {getattr(config, key)}; resume with {flag} {saved[key]}")
+    mismatch = _first_mismatch(config, progress["config"])
+    if mismatch:
+        flag, saved, given = mismatch
+        raise UsageError(f"--resume: the checkpoint was made with {flag} {saved}, "
+                         f"not {given}; resume with {flag} {saved}")
 
 
 def check_carry(config, progress, checkpoint_dir):
     """A run continued from another run's checkpoint (of either framework) keeps what shapes
     the trajectory."""
-    saved = progress["config"]
+    mismatch = _first_mismatch(config, progress["config"])
+    if mismatch:
+        flag, saved, given = mismatch
+        raise UsageError(f"--resume-from: {checkpoint_dir} was made with {flag} {saved}, "
+                         f"not {given}; pass {flag} {saved}")
+
+
+def _first_mismatch(config, saved):
+    """(flag, saved value, given value) of the first flag that shapes the trajectory and
+    differs from the checkpoint's run, or None."""
     for key in RESUME_MUST_MATCH:
         if saved[key] != getattr(config, key):
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"--resume-from: {checkpoint_dir} was made with {flag} {saved[key]}, "
-                             f"not {getattr(config, key)}; pass {flag} {saved[key]}")
+            return "--" + key.replace("_", "-"), saved[key], getattr(config, key)
+    return None
