@@ -106,9 +106,11 @@ def _written_here(entry):
     file of a `latest` write."""
     if _LATEST_TEMP.fullmatch(entry.name):
         return entry.is_file() and not entry.is_symlink()
-    if not (_CHECKPOINT_NAME.fullmatch(entry.name) or _TEMP_NAME.fullmatch(entry.name)):
-        return False
     if entry.is_symlink() or not entry.is_dir():
+        return False
+    if _TEMP_NAME.fullmatch(entry.name):
+        return True  # a killed writer's temp dir: the store's own name, whatever it got to write
+    if not _CHECKPOINT_NAME.fullmatch(entry.name):
         return False
     try:
         return all(_CHECKPOINT_FILE.fullmatch(f.name) and f.is_file() and not f.is_symlink()

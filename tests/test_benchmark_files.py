@@ -53,11 +53,19 @@ def complete(tmp_path):
     return out
 
 
+def _default_sigint():
+    """In the child: Ctrl-C as at a terminal, even where this run was started in the background
+    of a shell, which starts its jobs with SIGINT ignored (Python then never raises
+    KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out, *args):
     return subprocess.Popen([sys.executable, str(RUN), "--quick", "--device", "cpu", "--no-epoch",
                              "--no-layers", "--variants", "torch-eager,flax-jit",
                              "--inference-batch-sizes", "1", "--out-dir", str(out), *args],
-                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
 
 
 def _signal_after(process, marker, signum):
