@@ -53,19 +53,19 @@ def complete(tmp_path):
     return out
 
 
-def _default_sigint():
-    """In the child: Ctrl-C as at a terminal, even where this run was started in the background
-    of a shell, which starts its jobs with SIGINT ignored (Python then never raises
-    KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# The benchmark with Ctrl-C as at a terminal, even where this test runs in a background shell
+# job, whose children start with SIGINT ignored (Python then never raises KeyboardInterrupt).
+_WITH_SIGINT = ("import runpy, signal, sys; "
+                "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def _start(out, *args):
-    return subprocess.Popen([sys.executable, str(RUN), "--quick", "--device", "cpu", "--no-epoch",
-                             "--no-layers", "--variants", "torch-eager,flax-jit",
-                             "--inference-batch-sizes", "1", "--out-dir", str(out), *args],
-                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_default_sigint)
+    return subprocess.Popen([sys.executable, "-c", _WITH_SIGINT, str(RUN), "--quick", "--device",
+                             "cpu", "--no-epoch", "--no-layers", "--variants",
+                             "torch-eager,flax-jit", "--inference-batch-sizes", "1", "--out-dir",
+                             str(out), *args],
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _signal_after(process, marker, signum):
