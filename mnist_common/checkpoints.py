@@ -20,7 +20,7 @@ import numpy as np
 from mnist_common.architecture import CANONICAL_SHAPES
 from mnist_common.config import program
 from mnist_common.errors import UsageError, first_line
-from mnist_common.fileio import fsync_dir, remove_path, sha256_file, write_text_atomic
+from mnist_common.fileio import foreign, fsync_dir, remove_path, sha256_file, write_text_atomic
 from mnist_common.weights import check_weights, load_arrays_file, save_arrays, save_weights
 
 CHECKPOINT_DIR = "checkpoints"
@@ -122,8 +122,7 @@ def _written_here(entry):
 def refuse_foreign_pointer(out_dir):
     """A `checkpoints/latest` that is not a pointer of ours is the user's: never replaced."""
     latest = checkpoint_root(out_dir) / LATEST
-    if (latest.exists() or latest.is_symlink()) and (
-            latest.is_symlink() or not latest.is_file() or _live_name(latest.parent) is None):
+    if foreign(latest, lambda path: _live_name(path.parent) is not None):
         raise UsageError(f"{latest} is not a checkpoint pointer of this project; move it away "
                          f"or choose another --out-dir")
 

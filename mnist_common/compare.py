@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
-from mnist_common.fileio import check_path
+from mnist_common.fileio import check_path, foreign
 
 PROG = "python -m mnist_common.compare"
 FIGURE_SOFTWARE = "mnist-cnn-parity compare"  # the PNG text that marks a figure as compare's
@@ -112,7 +112,7 @@ def main(argv=None):
     runs = [read_metrics(d) for d in args.run_dirs]
     plot = Path(args.plot) if args.plot else Path(args.run_dirs[0]).resolve().parent / "compare.png"
     check_path(plot, "--plot")
-    if (plot.exists() or plot.is_symlink()) and (plot.is_symlink() or not _is_compare_figure(plot)):
+    if foreign(plot, _is_compare_figure):
         raise UsageError(f"--plot {plot}: exists and is not a figure compare wrote; choose "
                          f"another --plot (only such figures are replaced)")
     print(format_table(runs))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mnist_common.config import Config, add_device_flags, program
 from mnist_common.errors import ArgumentParser, UsageError
-from mnist_common.fileio import check_path
+from mnist_common.fileio import check_path, foreign
 
 
 def build_parser(framework):
@@ -50,8 +50,7 @@ def _check_out_path(out):
     check_path(path, "--out")
     if path.is_dir():
         raise UsageError(f"--out {path}: is a directory")
-    if (path.exists() or path.is_symlink()) and (path.is_symlink()
-                                                 or not is_evaluation_record(path)):
+    if foreign(path, is_evaluation_record):
         raise UsageError(f"--out {path}: exists and is not an earlier evaluation's output; "
                          f"choose a new file name (only such outputs are replaced)")
     parent = path.parent

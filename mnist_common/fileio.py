@@ -35,6 +35,15 @@ def check_path(path, flag):
         raise UsageError(f"{flag} {shown(path)}: {err.strerror}") from None
 
 
+def foreign(path, is_ours):
+    """Whether `path` is there (a dangling link too) but is not a regular file that `is_ours`
+    (given the path) recognises: a file the project must not replace."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return False
+    return path.is_symlink() or not path.is_file() or not is_ours(path)
+
+
 def say(message):
     """A status line on stderr (stdout is for results)."""
     print(message, file=sys.stderr, flush=True)

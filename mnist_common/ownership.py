@@ -8,10 +8,11 @@ other file, whatever its name, is the user's and is never replaced or deleted.
 """
 
 import json
+import os
 from pathlib import Path
 
 from mnist_common.errors import UsageError
-from mnist_common.fileio import sha256_file, write_text_atomic
+from mnist_common.fileio import foreign, sha256_file, write_text_atomic
 
 RECORD_NAME = ".run-files.json"
 RECORD_FORMAT = "mnist-cnn-parity run files, version 1"
@@ -42,17 +43,11 @@ def _write_record(directory, files):
 def foreign_files(directory, names):
     """Those of `names` that exist in `directory` but were not written there by a run."""
     directory = Path(directory)
-    present = [name for name in names if (directory / name).exists()
-               or (directory / name).is_symlink()]
-    if not present:
+    if not any(os.path.lexists(directory / name) for name in names):
         return []
     record = _read_record(directory)
-    foreign = []
-    for name in present:
-        path = directory / name
-        if path.is_symlink() or not path.is_file() or sha256_file(path) not in record.get(name, ()):
-            foreign.append(name)
-    return foreign
+    return [name for name in names if foreign(
+        directory / name, lambda path, name=name: sha256_file(path) in record.get(name, ()))]
 
 
 def refuse_foreign(directory, names, where):
