@@ -5,12 +5,11 @@ flag answer at once, then hands the engine in (`evaluate_weights`), as the train
 """
 
 import json
-import os
 from pathlib import Path
 
 from mnist_common.config import Config, add_device_flags, program
 from mnist_common.errors import ArgumentParser, UsageError
-from mnist_common.fileio import check_path, foreign
+from mnist_common.fileio import check_out_file
 
 
 def build_parser(framework):
@@ -43,23 +42,6 @@ def is_evaluation_record(path):
     return isinstance(record, dict) and sorted(record) == sorted(EVALUATION_KEYS)
 
 
-def _check_out_path(out):
-    """Fail before evaluating if --out cannot be written (the write itself is atomic), or if
-    it names a file that is not an earlier evaluation's output: that one is the user's."""
-    path = Path(out)
-    check_path(path, "--out")
-    if path.is_dir():
-        raise UsageError(f"--out {path}: is a directory")
-    if foreign(path, is_evaluation_record):
-        raise UsageError(f"--out {path}: exists and is not an earlier evaluation's output; "
-                         f"choose a new file name (only such outputs are replaced)")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: directory {parent} is not writable")
-
-
 def load_state(backend, params, device="auto", precision="highest"):
     """(placement, a train state of `backend` holding canonical `params`)."""
     placement = backend.select_placement(device, precision)
@@ -71,7 +53,8 @@ def parse_args(framework, argv):
     """The flags of `python -m <framework>_impl.evaluate`, checked before any framework loads."""
     args = build_parser(framework).parse_args(argv)
     if args.out:
-        _check_out_path(args.out)
+        check_out_file(args.out, "--out", is_evaluation_record,
+                       "an earlier evaluation's output")
     return args
 
 

@@ -44,6 +44,23 @@ def foreign(path, is_ours):
     return path.is_symlink() or not path.is_file() or not is_ours(path)
 
 
+def check_out_file(path, flag, is_ours, what):
+    """Fail before any work if `flag`'s file cannot be written (the write itself is atomic), or
+    if it names a file that `is_ours` does not recognise as `what`: that one is the user's."""
+    path = Path(path)
+    check_path(path, flag)
+    if path.is_dir():
+        raise UsageError(f"{flag} {shown(path)}: is a directory")
+    if foreign(path, is_ours):
+        raise UsageError(f"{flag} {shown(path)}: exists and is not {what}; choose a new file "
+                         f"name (only such outputs are replaced)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {shown(path)}: directory {shown(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {shown(path)}: directory {shown(parent)} is not writable")
+
+
 def say(message):
     """A status line on stderr (stdout is for results)."""
     print(message, file=sys.stderr, flush=True)

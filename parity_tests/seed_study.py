@@ -14,9 +14,11 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from mnist_common.config import positive_int
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
+from mnist_common.fileio import check_out_file, write_text_atomic
 
 PROG = "python -m parity_tests.seed_study"
 FRAMEWORKS = ("torch", "flax")
@@ -102,6 +104,19 @@ def report(results, steps, seconds):
                    "paired_95": [mean - half, mean + half], "seconds": seconds}
 
 
+RECORD_KEYS = ("seeds", "steps", "batch_size", "accuracy", "paired_mean", "paired_sd",
+               "paired_95", "seconds")
+
+
+def is_study_record(path):
+    """Whether `path` holds the JSON an earlier `--out` of this study wrote (and nothing else)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and sorted(record) == sorted(RECORD_KEYS)
+
+
 def main(argv=None):
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=positive_int, default=20, metavar="N",
@@ -116,13 +131,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.seeds < 2:
         raise UsageError("--seeds must be at least 2 for a standard deviation")
+    if args.out:  # before the study: its minutes must not end in a refusal
+        check_out_file(args.out, "--out", is_study_record, "an earlier seed study's output")
     start = time.perf_counter()
     results = study(args.seeds, args.steps, args.progress and sys.stderr.isatty())
     lines, record = report(results, args.steps, time.perf_counter() - start)
     print("\n".join(lines))
     if args.out:
-        from mnist_common.fileio import write_text_atomic
-
+        check_out_file(args.out, "--out", is_study_record, "an earlier seed study's output")
         try:
             write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
         except OSError as err:
