@@ -91,9 +91,6 @@ def add_timing_flags(parser):
                         help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
     parser.add_argument("--min-steps", type=positive_int, metavar="N",
                         help="a timed window holds at least N calls (default: 1; --quick: 2)")
-    parser.add_argument("--wait-quiet", type=non_negative_float, default=0.0, metavar="S",
-                        help="before each measurement wait up to S seconds until other "
-                             "processes use < 10 %% of the CPUs (default: %(default)s)")
 
 
 def add_section_flags(parser):

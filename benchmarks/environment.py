@@ -16,7 +16,6 @@ import torch
 
 from benchmarks.harness import run_process
 from flax_impl import backend as flax_backend
-from flax_impl import xla_cpu
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError
 from torch_impl import backend as torch_backend
@@ -129,8 +128,7 @@ def environment(device):
         # Applied by the benchmark's main as by the training CLIs; idempotent, so asking again
         # records whether it holds here.
         "malloc_keeps_freed_memory": keep_freed_memory(),
-        "load_average": load_average(),
-        "flax_model": describe_flax_model(device.flax) if device.flax is not None else None}
+        "load_average": load_average()}
     if device.kind == "gpu":
         env.update({  # the TF32 switches as --precision set them through select_placement
             "gpu_name": device.name(), "nvidia_driver": nvidia_driver(),
@@ -141,14 +139,6 @@ def environment(device):
             "torch_cudnn_benchmark": torch.backends.cudnn.benchmark,
             "jax_device_kind": device.flax.device.device_kind if device.flax else None})
     return env
-
-
-def describe_flax_model(placement):
-    """Which pooling the engine's model uses on this placement, and its compiler options."""
-    pool = flax_backend.create_model(placement).max_pool
-    return {"max_pool": "stock" if pool is None else f"{pool.__module__}.{pool.__qualname__}",
-            "compiler_options": xla_cpu.COMPILER_OPTIONS if placement.device.platform == "cpu"
-            else {}}
 
 
 def memory(device):

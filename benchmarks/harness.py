@@ -32,7 +32,6 @@ from mnist_common.errors import UsageError, describe
 from mnist_common.fileio import say, write_text_atomic
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
-QUIET = 0.1  # --wait-quiet: at most this share of the CPUs used by other processes
 METHOD = ("each function is called once alone (first call: compile/jit/autotune), then "
           "warmed up; a repeat is a window of several calls ended by a device "
           "synchronisation; variants are interleaved A B A B ...; median and min-max "
@@ -102,26 +101,6 @@ class OtherLoad:
         return min(1.0, max(0.0, others / capacity)) if capacity > 0 else None
 
 
-def fmt_share(value):
-    return "n/a" if value is None else f"{100 * value:.0f} %"
-
-
-def wait_for_quiet(limit_seconds):
-    """Wait (up to `limit_seconds`) until other processes use < 10 % of the CPUs for 1 s."""
-    deadline, said = time.perf_counter() + limit_seconds, False
-    while time.perf_counter() < deadline:
-        other_load = OtherLoad()
-        time.sleep(1.0)
-        load = other_load.stop()
-        if load is None or load < QUIET:
-            return
-        if not said:
-            status(f"  waiting for a quiet machine (others use {fmt_share(load)} of the CPUs)")
-            said = True
-    if said:
-        status("  still busy: measuring anyway")
-
-
 def first_calls(cand, settings):
     """(seconds of the first call, seconds of the last warm-up call) of one candidate."""
     seconds = []
@@ -157,7 +136,6 @@ def time_interleaved(candidates, settings):
     Returns {name: {"first_call_seconds", "calls_per_window", "other_load_per_window",
     "seconds_per_call": stats}} or {name: {"error": "..."}} for a candidate that raised.
     """
-    wait_for_quiet(settings.wait_quiet)
     results, live = {}, []
     for cand in candidates:
         try:

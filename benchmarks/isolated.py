@@ -16,7 +16,6 @@ from flax import linen
 from benchmarks.environment import memory, reset_torch_peak
 from benchmarks.harness import (
     Candidate,
-    describe_error,
     rates,
     status,
     time_interleaved,
@@ -176,33 +175,16 @@ def inference_candidate(variant, batch_size):
     return Candidate(variant.name, lambda: logits(variant.state, batch), variant.sync)
 
 
-def xla_forward_flops(batch=256):
-    """XLA's cost analysis of the stock Flax forward, per image (it adds bias, ReLU, pooling)."""
-    channels, height, width = architecture.INPUT_SHAPE
-    model = FlaxCNN()
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32))
-    x = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32)  # NHWC
-    cost = jax.jit(model.apply).lower(params, x).cost_analysis()
-    return (cost[0] if isinstance(cost, list) else cost)["flops"] / batch
-
-
 def flop_counts():
     """FLOPs per image (forward and training) and the per-layer breakdown, from the layer table
-    both models check themselves against, with XLA's own count beside it."""
+    both models check themselves against."""
     forward = 2 * architecture.FORWARD_MULTIPLY_ADDS
-    counts = {"convention": CONVENTION, "forward_per_image": forward,
-              "train_per_image": 3 * forward, "layers": [
-                  {"layer": layer.key, "kind": layer.kind, "input_shape": list(layer.in_shape),
-                   "output_shape": list(layer.out_shape), "macs_per_image": layer.multiply_adds,
-                   "forward_flops_per_image": 2 * layer.multiply_adds}
-                  for layer in architecture.LAYERS]}
-    try:
-        counts["xla_cost_analysis_forward_per_image"] = xla_forward_flops()
-    except Exception as err:
-        counts["xla_cost_analysis_forward_per_image"] = None
-        counts["xla_cost_analysis_error"] = describe_error(err)
-    return counts
+    return {"convention": CONVENTION, "forward_per_image": forward, "train_per_image": 3 * forward,
+            "layers": [{"layer": layer.key, "kind": layer.kind, "input_shape": list(layer.in_shape),
+                        "output_shape": list(layer.out_shape),
+                        "macs_per_image": layer.multiply_adds,
+                        "forward_flops_per_image": 2 * layer.multiply_adds}
+                       for layer in architecture.LAYERS]}
 
 
 def measure_gemm(device, settings):

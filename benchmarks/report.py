@@ -3,7 +3,7 @@ as a figure (training and inference images/s per batch size and variant)."""
 
 import numpy as np
 
-from benchmarks.harness import fmt_share, windows_load
+from benchmarks.harness import windows_load
 from benchmarks.isolated import BASELINE
 from benchmarks.training import TARGET_ACCURACY
 from mnist_common.fileio import atomic_path
@@ -18,6 +18,10 @@ def fmt_rate(stats):
 def fmt_ms(stats):
     return "failed" if "error" in stats else (
         f"{stats['median']:.3g} ({stats['min']:.3g}–{stats['max']:.3g})")
+
+
+def fmt_share(value):
+    return "n/a" if value is None else f"{100 * value:.0f} %"
 
 
 def fmt_load(load):
@@ -118,9 +122,6 @@ def header_lines(results):
     lines += [f"- `{name}`: {v.get('description', '')}"
               f"{'' if v['status'] == 'ok' else ' — not run: ' + v['reason']}."
               for name, v in results.get("variants", {}).items()]
-    if results["environment"].get("flax_model"):
-        lines.append("- The engine's Flax model uses: " + ", ".join(
-            f"{k} = `{v}`" for k, v in results["environment"]["flax_model"].items()) + ".")
     return lines + [""]
 
 

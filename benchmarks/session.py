@@ -51,7 +51,6 @@ def start_results(device, settings):
                        "window_seconds": settings.window_seconds,
                        "min_calls_per_window": settings.min_steps,
                        "warmup_calls": settings.warmup_steps,
-                       "wait_quiet_seconds": settings.wait_quiet,
                        "train_step": "the engine's train_step with the loss read back to the "
                                      "host each step, synthetic data cut on the device by the "
                                      "engine",

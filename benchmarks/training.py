@@ -18,7 +18,6 @@ from benchmarks.harness import (
     describe_error,
     run_process,
     status,
-    wait_for_quiet,
 )
 from benchmarks.isolated import BACKENDS, TUTORIAL, default_variant
 from mnist_common import data, loop
@@ -83,7 +82,6 @@ def measure_end_to_end(device, settings, splits):
     for framework in frameworks(device):
         status(f"[{device.kind}] end to end, {framework}: the CLIs' loop, 1 epoch"
                + (f", {max_steps} steps" if max_steps else ""))
-        wait_for_quiet(settings.wait_quiet)
         metrics, wall, load = train_in_loop(device, framework, config, splits)
         yield framework, {
             "variant": default_variant(framework, getattr(device, framework)),

@@ -108,8 +108,6 @@ def test_quick_run_flops_from_shapes(quick):
     assert flops["forward_per_image"] == 2 * sum(r["macs_per_image"] for r in layers.values())
     assert flops["train_per_image"] == 3 * flops["forward_per_image"]
     assert "3 x forward" in flops["convention"]
-    xla = flops["xla_cost_analysis_forward_per_image"]
-    assert xla is None or abs(xla / flops["forward_per_image"] - 1) < 0.05
 
 
 def test_quick_run_peak_gemm(quick):
