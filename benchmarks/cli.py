@@ -19,10 +19,12 @@ from benchmarks.harness import describe_error, status
 from benchmarks.isolated import TUTORIAL, VARIANTS
 from benchmarks.report import markdown, plot, scaling_markdown
 from benchmarks.session import run_device
+from mnist_common import rundir
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.config import PRECISIONS, positive_int
 from mnist_common.errors import ArgumentParser, UsageError
 from mnist_common.fileio import say, write_text_atomic
+from mnist_common.reporting import write_metrics
 
 RESULTS_DIR = REPO / "benchmarks" / "results"  # wherever it is run from
 TRAIN_BATCH_SIZES = (64, 256, 1024)
@@ -57,71 +59,60 @@ def variant(text):
     return text
 
 
-def add_selection_flags(parser):
-    """What to measure: --quick, --device, --precision, batch sizes, variants."""
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny run for CI (seconds): batch 64, inference batches 1 and 256, "
-                             "2 repeats of 2 calls, no torch.compile, layers at batch 64, the "
-                             "end-to-end epoch cut to 2 steps and only if MNIST is already "
-                             "prepared; results go to a new scratch directory unless --out-dir")
-    parser.add_argument("--device", choices=("cpu", "gpu", "cuda", "all"), default="all",
-                        help="where to measure; all = the CPU and the GPU when there is one "
-                             "(default: %(default)s)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="highest",
-                        help="highest: true float32 convolutions and matmuls in both frameworks; "
-                             "tf32: both may use TF32 on a GPU (a CPU computes float32 either "
-                             "way) (default: %(default)s)")
-    parser.add_argument("--batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
-                        help="training batch sizes (default: "
-                             f"{','.join(map(str, TRAIN_BATCH_SIZES))}; --quick: 64)")
-    parser.add_argument("--inference-batch-sizes", type=comma_list(positive_int),
-                        metavar="N,N,...", help="inference batch sizes; batch 1 also gives the "
-                        f"latency (default: {','.join(map(str, INFERENCE_BATCH_SIZES))}; "
-                        "--quick: 1,256)")
-    parser.add_argument("--variants", type=comma_list(variant), metavar="V,V,...",
-                        help=f"which variants (default: {','.join(VARIANTS)}; --quick: all but "
-                             "torch-compile); flax-xla-defaults runs only where the Flax engine "
-                             "differs from a plain jax.jit of the stock module (the CPU)")
-
-
-def add_timing_flags(parser):
-    parser.add_argument("--repeats", type=positive_int, metavar="N",
-                        help="timed windows per measurement (default: 5; --quick: 2)")
-    parser.add_argument("--window-seconds", type=non_negative_float, metavar="S",
-                        help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
-    parser.add_argument("--min-steps", type=positive_int, metavar="N",
-                        help="a timed window holds at least N calls (default: 1; --quick: 2)")
-
-
-def add_section_flags(parser):
-    parser.add_argument("--out-dir", type=Path, metavar="DIR",
-                        help=f"where <device>.json, .md and .png go (default: "
-                             f"{RESULTS_DIR.relative_to(REPO)}; --quick: a new scratch "
-                             "directory); a file there that a benchmark run did not write is "
-                             "never replaced")
-    parser.add_argument("--no-layers", dest="layers", action="store_false",
-                        help="skip the per-layer timings")
-    parser.add_argument("--no-epoch", dest="epoch", action="store_false",
-                        help="skip the end-to-end MNIST epoch through the CLIs' loop")
-    parser.add_argument("--cli", action=argparse.BooleanOptionalAction,
-                        help="run the training CLIs as processes (10 epochs, --quick: 2 steps) "
-                             "and time them from outside (default: on a GPU only)")
-    parser.add_argument("--render", metavar="X.json", type=Path,
-                        help="measure nothing: write X.md and X.png from a results JSON")
-    parser.add_argument("--time-to-accuracy", action="store_true",
-                        help=f"also train through the CLIs' loop (tutorial settings, up to "
-                             f"{TUTORIAL.epochs} epochs) until "
-                             f"{100 * training.TARGET_ACCURACY:.1f} %% test accuracy")
+def build_parser():
+    """The flags of `python benchmarks/run.py`: what to measure, how long, which sections."""
+    parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
+                            "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
+                            "run.", epilog=f"{PROG} scaling --help: data-parallel scaling")
+    flag = parser.add_argument
+    flag("--quick", action="store_true",
+         help="a tiny run for CI (seconds): batch 64, inference batches 1 and 256, 2 repeats of 2 "
+              "calls, no torch.compile, layers at batch 64, the end-to-end epoch cut to 2 steps "
+              "and only if MNIST is already prepared; results go to a new scratch directory "
+              "unless --out-dir")
+    flag("--device", choices=("cpu", "gpu", "cuda", "all"), default="all",
+         help="where to measure; all = the CPU and the GPU when there is one (default: "
+              "%(default)s)")
+    flag("--precision", choices=PRECISIONS, default="highest",
+         help="highest: true float32 convolutions and matmuls in both frameworks; tf32: both may "
+              "use TF32 on a GPU (a CPU computes float32 either way) (default: %(default)s)")
+    flag("--batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
+         help=f"training batch sizes (default: {','.join(map(str, TRAIN_BATCH_SIZES))}; "
+              "--quick: 64)")
+    flag("--inference-batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
+         help="inference batch sizes; batch 1 also gives the latency (default: "
+              f"{','.join(map(str, INFERENCE_BATCH_SIZES))}; --quick: 1,256)")
+    flag("--variants", type=comma_list(variant), metavar="V,V,...",
+         help=f"which variants (default: {','.join(VARIANTS)}; --quick: all but torch-compile); "
+              "flax-xla-defaults runs only where the Flax engine differs from a plain jax.jit of "
+              "the stock module (the CPU)")
+    flag("--repeats", type=positive_int, metavar="N",
+         help="timed windows per measurement (default: 5; --quick: 2)")
+    flag("--window-seconds", type=non_negative_float, metavar="S",
+         help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
+    flag("--min-steps", type=positive_int, metavar="N",
+         help="a timed window holds at least N calls (default: 1; --quick: 2)")
+    flag("--out-dir", type=Path, metavar="DIR",
+         help=f"where <device>.json, .md and .png go (default: {RESULTS_DIR.relative_to(REPO)}; "
+              "--quick: a new scratch directory); a file there that a benchmark run did not "
+              "write is never replaced")
+    flag("--no-layers", dest="layers", action="store_false", help="skip the per-layer timings")
+    flag("--no-epoch", dest="epoch", action="store_false",
+         help="skip the end-to-end MNIST epoch through the CLIs' loop")
+    flag("--cli", action=argparse.BooleanOptionalAction,
+         help="run the training CLIs as processes (10 epochs, --quick: 2 steps) and time them "
+              "from outside (default: on a GPU only)")
+    flag("--render", metavar="X.json", type=Path,
+         help="measure nothing: write X.md and X.png from a results JSON")
+    flag("--time-to-accuracy", action="store_true",
+         help=f"also train through the CLIs' loop (tutorial settings, up to {TUTORIAL.epochs} "
+              f"epochs) until {100 * training.TARGET_ACCURACY:.1f} %% test accuracy")
+    return parser
 
 
 def parse_settings(argv=None):
     """Command line -> settings, --quick's defaults filled in (a bad value: a UsageError)."""
-    parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
-                            "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
-                            "run.", epilog=f"{PROG} scaling --help: data-parallel scaling")
-    for add_flags in (add_selection_flags, add_timing_flags, add_section_flags):
-        add_flags(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def pick(value, normal, in_quick):
         return value if value is not None else (in_quick if args.quick else normal)
@@ -192,7 +183,7 @@ def publish(out_dir, results, partial):
         harness.refuse_strangers(out_dir, [path.name, f"{path.stem}.md", f"{path.stem}.png"])
     except UsageError as err:
         raise UsageError(f"{err}; the results are in {partial}") from None
-    harness.write_json(path, results)
+    write_metrics(path, results)
     text = write_report(path, results)
     partial.unlink(missing_ok=True)
     status(f"wrote {out_dir / results['device']}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
@@ -225,7 +216,7 @@ def run_benchmark(settings, partials):
             partial = out_dir / f"{device.slug()}.partial.json"
 
             def save(results, partial=partial):
-                harness.write_json(partial, results)
+                write_metrics(partial, results)
                 if partial not in partials:
                     partials.append(partial)
 
@@ -233,7 +224,7 @@ def run_benchmark(settings, partials):
             partials[:] = [p for p in partials if p != partial]  # published: no longer partial
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-        harness.remove_if_empty(created)
+        rundir.remove_created(created)
 
 
 def run_scaling(args, argv):
@@ -243,12 +234,12 @@ def run_scaling(args, argv):
     try:
         rows = training.measure_scaling(args.device, args.steps, sorted(args.devices))
     except BaseException:
-        harness.remove_if_empty(created)
+        rundir.remove_created(created)
         raise
     results = {"schema": harness.SCALING_SCHEMA, "command": " ".join([PROG, "scaling", *argv]),
                "device": args.device, "steps": args.steps, "counts": sorted(args.devices),
                "rows": rows, "date": datetime.date.today().isoformat()}
-    harness.write_json(args.out_dir / f"{stem}.json", results)
+    write_metrics(args.out_dir / f"{stem}.json", results)
     print(write_report(args.out_dir / f"{stem}.json", results))
 
 

@@ -2,20 +2,15 @@
 the disk, how it runs a process, and how it stops.
 
 Timing: each function's first call alone (compile), a warm-up, then windows of calls ended by a
-device synchronisation, the variants of a measurement interleaved (A B A B ...) so that drift
-hits all alike; median and min-max; beside every window the share of the CPUs that other
-processes took (/proc/stat): on a shared machine torch's OpenMP threads slow down many times
-over, XLA's far less.
+device synchronisation, the variants interleaved (A B A B ...) so that drift hits all alike;
+median and min-max; beside every window the share of the CPUs other processes took
+(/proc/stat): on a shared machine torch's OpenMP threads slow down many times over.
 
-Files: in its out-dir the benchmark replaces only files a benchmark run wrote: a results JSON
-(by its schema key) and, beside one, its report (a `.md` starting with the report's title, a
-Matplotlib `.png`); anything else under a name it would write is refused in one line before
-anything is measured. Each finished figure goes into `<device>.partial.json`; only a complete
-run replaces `<device>.json`, `.md` and `.png` (then removes the partial file).
+Files: the benchmark replaces only what a benchmark run wrote (`ours`); each finished figure goes
+into `<device>.partial.json`, and only a complete run replaces `<device>.{json,md,png}`.
 """
 
 import collections
-import contextlib
 import json
 import math
 import os
@@ -23,13 +18,13 @@ import resource
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import REPO
+from mnist_common import rundir
 from mnist_common.errors import UsageError, describe
-from mnist_common.fileio import say, write_text_atomic
+from mnist_common.fileio import foreign, say
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
 METHOD = ("each function is called once alone (first call: compile/jit/autotune), then "
@@ -101,33 +96,23 @@ class OtherLoad:
         return min(1.0, max(0.0, others / capacity)) if capacity > 0 else None
 
 
-def first_calls(cand, settings):
-    """(seconds of the first call, seconds of the last warm-up call) of one candidate."""
-    seconds = []
-    for _ in range(1 + settings.warmup_steps):
-        start = time.perf_counter()
-        cand.sync(cand.call())
-        seconds.append(time.perf_counter() - start)
-    return seconds[0], seconds[-1]
+def windows_load(results):
+    """The other-process CPU shares of every timed window in these timing results."""
+    return [load for result in results for load in result.get("other_load_per_window", [])
+            if load is not None]
 
 
 def timed_window(cand, calls, settings):
     """(seconds per call, calls made, others' CPU share) of one window of up to `calls` calls;
     it ends early past WINDOW_LIMIT_FACTOR x --window-seconds (a machine that got busy)."""
-    longest = WINDOW_LIMIT_FACTOR * settings.window_seconds
     other_load = OtherLoad()
     for done in range(1, calls + 1):
         out = cand.call()
-        if done >= settings.min_steps and other_load.seconds() > longest:
+        if done >= settings.min_steps and other_load.seconds() > (
+                WINDOW_LIMIT_FACTOR * settings.window_seconds):
             break
     cand.sync(out)
     return other_load.seconds() / done, done, other_load.stop()
-
-
-def windows_load(results):
-    """The other-process CPU shares of every timed window in these timing results."""
-    return [load for result in results for load in result.get("other_load_per_window", [])
-            if load is not None]
 
 
 def time_interleaved(candidates, settings):
@@ -136,34 +121,36 @@ def time_interleaved(candidates, settings):
     Returns {name: {"first_call_seconds", "calls_per_window", "other_load_per_window",
     "seconds_per_call": stats}} or {name: {"error": "..."}} for a candidate that raised.
     """
-    results, live = {}, []
+    results, live, samples = {}, [], {}
     for cand in candidates:
         try:
-            first, estimate = first_calls(cand, settings)
+            seconds = []  # the first call, then each warm-up call
+            for _ in range(1 + settings.warmup_steps):
+                start = time.perf_counter()
+                cand.sync(cand.call())
+                seconds.append(time.perf_counter() - start)
         except Exception as err:  # e.g. torch.compile without a working compiler
             results[cand.name] = {"error": describe_error(err)}
             status(f"  {cand.name}: failed: {results[cand.name]['error']}")
             continue
-        calls = max(settings.min_steps, math.ceil(settings.window_seconds / max(estimate, 1e-7)))
-        results[cand.name] = {"first_call_seconds": first, "calls_per_window": [],
-                              "other_load_per_window": [], "samples": []}
+        calls = max(settings.min_steps, math.ceil(settings.window_seconds / max(seconds[-1], 1e-7)))
+        results[cand.name] = {"first_call_seconds": seconds[0], "calls_per_window": [],
+                              "other_load_per_window": []}
         live.append((cand, calls))
+        samples[cand.name] = []
     for _ in range(settings.repeats):
-        for cand, calls in live:
-            result = results[cand.name]
-            if "error" in result:
-                continue
+        for cand, calls in list(live):
             try:
                 seconds, done, load = timed_window(cand, calls, settings)
             except Exception as err:
                 results[cand.name] = {"error": describe_error(err)}
+                live.remove((cand, calls))
                 continue
-            result["samples"].append(seconds)
-            result["calls_per_window"].append(done)
-            result["other_load_per_window"].append(load)
-    for result in results.values():
-        if "samples" in result:
-            result["seconds_per_call"] = summarize(result.pop("samples"))
+            samples[cand.name].append(seconds)
+            results[cand.name]["calls_per_window"].append(done)
+            results[cand.name]["other_load_per_window"].append(load)
+    for cand, _ in live:
+        results[cand.name]["seconds_per_call"] = summarize(samples[cand.name])
     return results
 
 
@@ -177,13 +164,8 @@ def read_results(path):
     return results if ok else None
 
 
-def ours(path):
-    """True when `path` is free, or holds what this benchmark writes under that name."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        return True
-    if path.is_symlink() or not path.is_file():
-        return False
+def _benchmark_file(path):
+    """Whether the regular file `path` holds what this benchmark writes under its name."""
     if path.suffix == ".json":
         return read_results(path) is not None
     if read_results(path.with_suffix(".json")) is None:
@@ -193,6 +175,11 @@ def ours(path):
     if path.suffix == ".md":
         return head.startswith(_TITLES)
     return path.suffix == ".png" and head.startswith(b"\x89PNG") and _MATPLOTLIB_PNG in head
+
+
+def ours(path):
+    """True when `path` is free, or holds what this benchmark writes under that name."""
+    return not foreign(path, _benchmark_file)
 
 
 def output_names(stem):
@@ -213,32 +200,10 @@ def refuse_strangers(directory, names, flag="--out-dir"):
 
 
 def prepare_out_dir(path, names):
-    """Check `names` in `path`, then create it (probed by a real write); returns the
-    directories created, deepest first. A failure leaves nothing created behind."""
-    path, created = Path(path), []
+    """Check `names` in `path`, then create it as a training run's out-dir is created (probed by
+    a real write); returns the directories created, for `rundir.remove_created`."""
     refuse_strangers(path, names)
-    try:
-        missing = path.absolute()
-        while not missing.exists() and missing != missing.parent:
-            created.append(missing)
-            missing = missing.parent
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=path, prefix=".probe-").close()
-    except OSError as err:
-        remove_if_empty(created)
-        raise UsageError(f"--out-dir {path}: cannot write there ({err.strerror or err})") from None
-    return created
-
-
-def remove_if_empty(directories):
-    """Remove the directories a run created, deepest first, where it left nothing in them."""
-    for directory in directories:
-        with contextlib.suppress(OSError):
-            directory.rmdir()
-
-
-def write_json(path, results):
-    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+    return rundir.prepare_out_dir(path)[1]
 
 
 def run_process(words, env=None, timeout=None):

@@ -14,13 +14,7 @@ import torch
 from flax import linen
 
 from benchmarks.environment import memory, reset_torch_peak
-from benchmarks.harness import (
-    Candidate,
-    rates,
-    status,
-    time_interleaved,
-    windows_load,
-)
+from benchmarks.harness import Candidate, rates, status, time_interleaved, windows_load
 from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from flax_impl.model import CNN as FlaxCNN
@@ -50,6 +44,8 @@ def default_variant(framework, placement):
         return "flax-jit"
     channels_last = torch_backend.memory_format(placement) == "channels_last"
     return "torch-channels-last" if channels_last else "torch-eager"
+
+
 BACKENDS = {"torch": torch_backend, "flax": flax_backend}
 TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
 GEMM_SIZE = {"cpu": 2048, "gpu": 8192}
@@ -156,23 +152,19 @@ def placed_batch(variant, batch_size, seed=0):
     return variant.adapt(batch) if variant.adapt else batch
 
 
-def train_candidate(variant, batch_size):
-    """One engine train step per call, the loss read back to the host as the loop does."""
+def step_candidate(variant, batch_size, train):
+    """Per call, one engine train step with the loss read back to the host as the loop does;
+    or (not `train`) the engine's logits (N, 10) of one batch, back on the host."""
     batch = placed_batch(variant, batch_size)
     step = variant.train_step or variant.backend.train_step
+    logits = variant.logits or variant.backend.logits
 
-    def call():
+    def train_call():
         variant.state, metrics = step(variant.state, batch)
         return float(metrics["loss"])
 
+    call = train_call if train else lambda: logits(variant.state, batch)
     return Candidate(variant.name, call, variant.sync)
-
-
-def inference_candidate(variant, batch_size):
-    """The engine's logits (N, 10) of one batch per call, back on the host."""
-    batch = placed_batch(variant, batch_size)
-    logits = variant.logits or variant.backend.logits
-    return Candidate(variant.name, lambda: logits(variant.state, batch), variant.sync)
 
 
 def flop_counts():
@@ -222,13 +214,12 @@ def per_batch(device, variants, settings, kind, flops, peak):
     ("inference"), the variants interleaved."""
     train = kind == "train"
     batch_sizes = settings.train_batch_sizes if train else settings.inference_batch_sizes
-    candidate = train_candidate if train else inference_candidate
     flops_per_image = flops["train_per_image" if train else "forward_per_image"]
     for batch_size in batch_sizes:
         status(f"[{device.kind}] {'training' if train else 'inference'}, batch {batch_size}: "
                f"{', '.join(variants)}")
         reset_torch_peak(device)
-        timed = time_interleaved([candidate(v, batch_size) for v in variants.values()],
+        timed = time_interleaved([step_candidate(v, batch_size, train) for v in variants.values()],
                                  settings)
         snapshot = memory(device)
         for result in (r for r in timed.values() if "error" not in r):
@@ -269,20 +260,14 @@ def torch_layer_candidates(row, device, batch_size, module):
             Candidate("torch", forward_backward, device.torch_sync))
 
 
-def flax_layer(row, batch_size):
-    """(module, input shape, output shape) of one layer, NHWC."""
-    if row["kind"] == "conv":
-        (c_in, h, w), (c_out, h_out, w_out) = row["input_shape"], row["output_shape"]
-        kernel = architecture.layer(row["layer"]).kernel
-        module = linen.Conv(c_out, kernel_size=(kernel, kernel), padding="VALID")
-        return module, (batch_size, h, w, c_in), (batch_size, h_out, w_out, c_out)
-    module = linen.Dense(row["output_shape"][0])
-    return module, (batch_size, *row["input_shape"]), (batch_size, *row["output_shape"])
-
-
 def flax_layer_candidates(row, device, batch_size, name, jit):
     """Flax forward and forward+backward (vjp) of one layer (NHWC input), jitted by `jit`."""
-    module, x_shape, y_shape = flax_layer(row, batch_size)
+    kernel = architecture.layer(row["layer"]).kernel
+    module = (linen.Conv(row["output_shape"][0], (kernel, kernel), padding="VALID")
+              if row["kind"] == "conv" else linen.Dense(row["output_shape"][0]))
+    x_shape, y_shape = ((batch_size, *shape[1:], shape[0]) if len(shape) == 3  # (C, H, W): NHWC
+                        else (batch_size, *shape)
+                        for shape in (row["input_shape"], row["output_shape"]))
     key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.device_put(jax.random.uniform(key_x, x_shape), device.flax.device)
     grad = jax.device_put(jax.random.uniform(key_g, y_shape), device.flax.device)

@@ -168,8 +168,6 @@ def first_call_table(results, names):
 
 def layers_table(layers):
     """Per-layer forward and forward+backward ms, torch vs Flax (vs XLA's defaults)."""
-    if not layers or "error" in layers or "skipped" in layers:
-        return []
     impls = list(dict.fromkeys(impl for row in layers["rows"] for impl in row["forward_ms"]))
     header = (["layer", "input (C,H,W)"] + [f"{i} fwd ms" for i in impls]
               + [f"{i} fwd+bwd ms" for i in impls] + ["flax/torch fwd+bwd", "others' CPU"])
@@ -190,9 +188,6 @@ def layers_table(layers):
 
 def end_to_end_lines(e2e):
     """One epoch through the CLIs' loop, beside the isolated step at the same batch size."""
-    if not e2e or "skipped" in e2e or "error" in e2e:
-        return ["## End to end: one real MNIST epoch", "",
-                f"Not run: {e2e.get('skipped') or e2e.get('error')}", ""] if e2e else []
     rows = [[framework, e["variant"], e["steps"], f"{e['train_seconds']:.1f}",
              f"{e['train_images_per_second']:,.0f}",
              "—" if e.get("isolated_step_images_per_second") is None
@@ -214,9 +209,7 @@ def end_to_end_lines(e2e):
 
 
 def time_to_accuracy_lines(tta):
-    if not tta or "skipped" in tta or "error" in tta:
-        return ["## Time to accuracy", "", f"Failed: {tta['error']}", ""] if "error" in tta \
-            else []
+    """Per variant: seconds and epochs until the target accuracy, the first dispatch."""
     rows = [[name, f"{t['seconds_to_target']:.1f}" if t["reached"] else "not reached",
              t["epochs_to_target"] or f"> {t['max_epochs']}",
              f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %",
@@ -231,9 +224,6 @@ def time_to_accuracy_lines(tta):
 
 def cli_lines(cli):
     """The training CLIs as fresh processes: training seconds, process seconds, accuracy."""
-    if not cli or "skipped" in cli or "error" in cli:
-        return ["## The training CLIs", "", f"Failed: {cli['error']}", ""] if "error" in cli \
-            else []
     rows = []
     for framework, runs in cli.items():
         for precision, run in runs.items():
@@ -250,6 +240,23 @@ def cli_lines(cli):
     return ["## The training CLIs, fresh processes (`python -m <framework>_impl.train`)", "",
             table(["framework", "precision", "steps", "10-epoch training s", "process s",
                    "first call s", "test accuracy"], rows), ""]
+
+
+def optional_lines(results):
+    """The sections a run may skip: each one's table, or why it is not there."""
+    lines = []
+    for key, title, section_lines in (
+            ("layers", "Layers alone", layers_table),
+            ("end_to_end", "End to end: one real MNIST epoch", end_to_end_lines),
+            ("cli", "The training CLIs", cli_lines),
+            ("time_to_accuracy", "Time to accuracy", time_to_accuracy_lines)):
+        section = results.get(key) or {}  # None or absent in an older results file
+        if "skipped" in section or "error" in section:
+            lines += ["## " + title, "", f"Not run: {section['skipped']}" if "skipped" in section
+                      else f"Failed: {section['error']}", ""]
+        elif section:
+            lines += section_lines(section)
+    return lines
 
 
 def memory_lines(results):
@@ -284,9 +291,7 @@ def markdown(results):
     """The whole report of one device."""
     names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
     parts = (header_lines(results) + throughput_lines(results, names)
-             + first_call_table(results, names) + layers_table(results.get("layers", {}))
-             + end_to_end_lines(results.get("end_to_end", {})) + cli_lines(results.get("cli", {}))
-             + time_to_accuracy_lines(results.get("time_to_accuracy", {}))
+             + first_call_table(results, names) + optional_lines(results)
              + memory_lines(results) + error_lines(results))
     if not results.get("complete"):
         parts.append("**Interrupted: these are the sections finished before the stop.**")

@@ -13,12 +13,7 @@ from pathlib import Path
 
 from benchmarks import REPO
 from benchmarks.environment import memory
-from benchmarks.harness import (
-    OtherLoad,
-    describe_error,
-    run_process,
-    status,
-)
+from benchmarks.harness import OtherLoad, describe_error, run_process, status
 from benchmarks.isolated import BACKENDS, TUTORIAL, default_variant
 from mnist_common import data, loop
 from mnist_common.config import PRECISIONS, Config
