@@ -8,7 +8,6 @@ import datetime
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -136,19 +135,19 @@ def parse_scaling(argv):
                             "share the same cores (the cost of the split, not a speed-up). "
                             "Writes scaling-<device>.json and .md.",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--devices", type=comma_list(positive_int), default="1,2",
-                        metavar="N,N,...", help="process / device counts to run")
-    parser.add_argument("--steps", type=positive_int, default=60, metavar="N",
-                        help="training steps per run (batch 256)")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to train")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, metavar="DIR",
-                        help="where scaling-<device>.json and .md go")
+    flag = parser.add_argument
+    flag("--devices", type=comma_list(positive_int), default="1,2", metavar="N,N,...",
+         help="process / device counts to run")
+    flag("--steps", type=positive_int, default=60, metavar="N",
+         help="training steps per run (batch 256)")
+    flag("--device", choices=("cpu", "gpu"), default="cpu", help="where to train")
+    flag("--out-dir", type=Path, default=RESULTS_DIR, metavar="DIR",
+         help="where scaling-<device>.json and .md go")
     return parser.parse_args(argv)
 
 
 def write_report(json_path, results):
-    """X.md, and X.png (no PNG without Matplotlib: `--render` it later), beside X.json; returns
-    the Markdown. Invalid results raise before anything is written."""
+    """X.md and X.png (without Matplotlib: none) beside X.json; returns the Markdown."""
     text = (markdown if results["schema"] == harness.SCHEMA else scaling_markdown)(results)
     if results["schema"] == harness.SCHEMA:
         try:
@@ -160,8 +159,7 @@ def write_report(json_path, results):
 
 
 def render(path):
-    """--render X.json: X.md and X.png beside it (never over a file the benchmark did not
-    write); prints the Markdown."""
+    """--render X.json: X.md and X.png beside it (never over a user's file); prints X.md."""
     results, why = harness.read_results(path), "not a complete results file of this benchmark"
     if results is None:
         raise UsageError(f"--render {path}: " + (f"{why} (a JSON object written by {PROG})"
@@ -196,7 +194,9 @@ def run_benchmark(settings, partials):
     when the device is complete. A directory this run created and left empty is removed."""
     keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
     if settings.cli is not False and settings.devices != ("cpu",):
-        training.keep_gpu_memory_free()  # before JAX starts on the GPU
+        # Before JAX starts on the GPU: it allocates as it goes (not 75 % up front), so a
+        # training CLI beside it fits (the CLIs get training.CLI_ENVIRONMENT).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     devices = find_devices(settings.devices[0], settings.precision)
     if settings.out_dir is None and settings.quick:
         out_dir = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))  # outside the repository
@@ -243,16 +243,6 @@ def run_scaling(args, argv):
     print(write_report(args.out_dir / f"{stem}.json", results))
 
 
-def stopped_line(signum, partials):
-    """The one line a stopped run leaves: the signal, and where what it measured is."""
-    name = signal.Signals(signum).name
-    if not partials:
-        return f"{PROG}: stopped by {name}; nothing written"
-    return (f"{PROG}: stopped by {name}; what it measured is in {', '.join(map(str, partials))} "
-            f"(`{PROG} --render {partials[-1]}` makes its report); no complete result was "
-            f"replaced")
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     scaling = argv[:1] == ["scaling"]
@@ -267,5 +257,8 @@ def main(argv=None):
         signum = harness.stop_signal(err)
         if signum is None:
             raise
-        say(stopped_line(signum, partials))
+        stopped = f"{PROG}: stopped by {signum.name}"  # the one line a stopped run leaves
+        say(f"{stopped}; what it measured is in {', '.join(map(str, partials))} (`{PROG} "
+            f"--render {partials[-1]}` makes its report); no complete result was replaced"
+            if partials else f"{stopped}; nothing written")
         raise SystemExit(128 + signum) from None

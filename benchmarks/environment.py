@@ -7,14 +7,12 @@ import os
 import platform
 import re
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import jax
 import torch
 
-from benchmarks.harness import run_process
 from flax_impl import backend as flax_backend
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError
@@ -100,16 +98,6 @@ def package_versions():
     return {**versions, **{name: versions.get(name) for name in PACKAGES}}
 
 
-def nvidia_driver():
-    """The NVIDIA driver version from nvidia-smi, or None."""
-    try:
-        done, _ = run_process(["nvidia-smi", "--query-gpu=driver_version",
-                               "--format=csv,noheader"], timeout=30)
-        return done.stdout.strip().splitlines()[0] if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
 def load_average():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -131,7 +119,7 @@ def environment(device):
         "load_average": load_average()}
     if device.kind == "gpu":
         env.update({  # the TF32 switches as --precision set them through select_placement
-            "gpu_name": device.name(), "nvidia_driver": nvidia_driver(),
+            "gpu_name": device.name(),
             "torch_cuda": torch.version.cuda,
             "torch_cudnn": torch.backends.cudnn.version() if device.torch is not None else None,
             "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,

@@ -18,6 +18,7 @@ import resource
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -200,8 +201,7 @@ def refuse_strangers(directory, names, flag="--out-dir"):
 
 
 def prepare_out_dir(path, names):
-    """Check `names` in `path`, then create it as a training run's out-dir is created (probed by
-    a real write); returns the directories created, for `rundir.remove_created`."""
+    """Check `names` in `path`, then create it as `rundir` does; returns the dirs created."""
     refuse_strangers(path, names)
     return rundir.prepare_out_dir(path)[1]
 
@@ -215,21 +215,15 @@ def run_process(words, env=None, timeout=None):
     return done, time.perf_counter() - start
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (as from `timeout`), raised like Ctrl-C: no section catches it."""
-
-
 def handle_sigterm():
-    def terminate(signum, frame):
-        raise Terminated
-
-    signal.signal(signal.SIGTERM, terminate)
+    """SIGTERM (as from `timeout`) exits 143, a SystemExit that no section catches."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def stop_signal(err):
-    """The signal `err` stands for (SIGINT, SIGTERM, or the loop's exit after one), or None."""
+    """The signal `err` stands for (Ctrl-C, or the exit SIGINT or SIGTERM asked for), or None."""
     if isinstance(err, KeyboardInterrupt):
-        return signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        return signal.SIGINT
     if isinstance(err, SystemExit) and err.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         return signal.Signals(err.code - 128)
     return None

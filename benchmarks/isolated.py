@@ -60,7 +60,7 @@ class Variant:
     """An engine's train state on one device, and how a placed batch is adapted for it."""
 
     name: str
-    framework: str
+    backend: object  # torch_impl.backend or flax_impl.backend
     state: object  # the engine's TrainState; train steps replace it
     placement: object  # the engine's Placement (one device)
     sync: object  # waits for a result of this framework on this device
@@ -68,32 +68,22 @@ class Variant:
     train_step: object = None  # (state, batch) -> (state, metrics); None: the engine's
     logits: object = None  # (state, batch) -> NumPy logits; None: the engine's
 
-    @property
-    def backend(self):
-        return BACKENDS[self.framework]
-
 
 def flax_engine_differs(placement):
-    """True where the engine compiles or builds its model otherwise than a plain jax.jit of
-    the stock module would (the CPU: `flax_impl.xla_cpu`)."""
+    """Whether the Flax engine differs from a plain jax.jit of the stock module (the CPU)."""
     return placement.device.platform == "cpu" or flax_backend.create_model(placement) != FlaxCNN()
 
 
 def torch_variant(name, device, config=TUTORIAL):
     """torch eager NCHW, eager channels_last, or torch.compile over the engine's state."""
     state = torch_backend.create_train_state(config, device.torch)
-    adapt = None
-    channels_last = name == "torch-channels-last"
+    layout = torch.channels_last if name == "torch-channels-last" else torch.contiguous_format
     # In place (the optimizer still fits); eager and compile stay NCHW whatever the engine uses.
-    state.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if channels_last:
-
-        def adapt(batch):
-            return batch[0].contiguous(memory_format=torch.channels_last), batch[1]
-    elif name == "torch-compile":
-        # A fixed shape per batch size, as the tutorial uses: one static graph each.
+    state.model.to(memory_format=layout)
+    if name == "torch-compile":  # a fixed shape per batch size, as the tutorial's: one graph each
         state = state._replace(model=torch.compile(state.model, dynamic=False))
-    return Variant(name, "torch", state, device.torch, device.torch_sync, adapt)
+    return Variant(name, torch_backend, state, device.torch, device.torch_sync,
+                   adapt=lambda batch: (batch[0].contiguous(memory_format=layout), batch[1]))
 
 
 def plain_train_step(state, batch):
@@ -110,16 +100,15 @@ def plain_train_step(state, batch):
 
 
 def flax_variant(name, device, config=TUTORIAL):
-    """The engine's Flax state and step, or the same step and params under a plain jax.jit
-    with the stock module."""
+    """The engine's Flax state and step, or the same under a plain jax.jit of the stock CNN."""
     state = flax_backend.create_train_state(config, device.flax)
     if name != "flax-xla-defaults":
-        return Variant(name, "flax", state, device.flax, device.jax_sync)
+        return Variant(name, flax_backend, state, device.flax, device.jax_sync)
     # Same params and optax transform; only the module and the compiler options differ.
     stock = FlaxCNN()
     state = state.replace(apply_fn=stock.apply)
     forward = jax.jit(stock.apply)
-    return Variant(name, "flax", state, device.flax, device.jax_sync,
+    return Variant(name, flax_backend, state, device.flax, device.jax_sync,
                    train_step=jax.jit(plain_train_step),
                    logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
 
@@ -168,8 +157,7 @@ def step_candidate(variant, batch_size, train):
 
 
 def flop_counts():
-    """FLOPs per image (forward and training) and the per-layer breakdown, from the layer table
-    both models check themselves against."""
+    """FLOPs per image, forward and training, and per layer, from `architecture.LAYERS`."""
     forward = 2 * architecture.FORWARD_MULTIPLY_ADDS
     return {"convention": CONVENTION, "forward_per_image": forward, "train_per_image": 3 * forward,
             "layers": [{"layer": layer.key, "kind": layer.kind, "input_shape": list(layer.in_shape),
@@ -210,8 +198,7 @@ def peak_gflops(gemm):
 
 
 def per_batch(device, variants, settings, kind, flops, peak):
-    """Yields (batch, {variant: timing with rates}) of train steps (kind "train") or logits
-    ("inference"), the variants interleaved."""
+    """Yields (batch, {variant: timing with rates}) of train steps or logits, interleaved."""
     train = kind == "train"
     batch_sizes = settings.train_batch_sizes if train else settings.inference_batch_sizes
     flops_per_image = flops["train_per_image" if train else "forward_per_image"]
@@ -236,10 +223,15 @@ def per_batch(device, variants, settings, kind, flops, peak):
             for name, result in timed.items()))
 
 
+def milliseconds(result):
+    """The median, min and max of one timing, ms per call."""
+    return {k: 1e3 * result["seconds_per_call"][k] for k in ("median", "min", "max")}
+
+
 def latency(inference):
     """Single-image latency (ms) per variant, from the batch-1 inference windows."""
-    return {name: {k: 1e3 * result["seconds_per_call"][k] for k in ("median", "min", "max")}
-            for name, result in inference.get(1, {}).items() if "error" not in result}
+    return {name: milliseconds(result) for name, result in inference.get(1, {}).items()
+            if "error" not in result}
 
 
 def torch_layer_candidates(row, device, batch_size, module):
@@ -248,9 +240,9 @@ def torch_layer_candidates(row, device, batch_size, module):
     grad = torch.rand((batch_size, *row["output_shape"]), device=device.torch.device)
     x_grad = x.clone().requires_grad_(row["layer"] != "layer.0")  # the image needs no gradient
 
+    @torch.no_grad()
     def forward():
-        with torch.no_grad():
-            return module(x)
+        return module(x)
 
     def forward_backward():
         module.zero_grad(set_to_none=True)
@@ -303,23 +295,17 @@ def layer_candidates(row, device, batch_size, torch_modules):
 
 
 def layer_entry(row, timed):
-    """One row of the results: ms per pass and implementation, first calls, others' load."""
-    entry = {**row, "forward_ms": {}, "forward_backward_ms": {}, "first_call_seconds": {},
+    """One row of the results: ms per pass and implementation (or its error), others' load."""
+    entry = {**row, "forward_ms": {}, "forward_backward_ms": {},
              "other_load": max(windows_load(timed.values()), default=None)}
     for name, result in timed.items():
         impl, pass_ = name.split("/")
-        if "error" in result:
-            entry[f"{pass_}_ms"][impl] = {"error": result["error"]}
-            continue
-        per_call = result["seconds_per_call"]
-        entry[f"{pass_}_ms"][impl] = {k: 1e3 * per_call[k] for k in ("median", "min", "max")}
-        entry["first_call_seconds"][f"{impl}/{pass_}"] = result["first_call_seconds"]
+        entry[f"{pass_}_ms"][impl] = result if "error" in result else milliseconds(result)
     return entry
 
 
 def measure_layers(device, settings, flops):
-    """Yields the batch size, the note, then the rows so far after each layer: torch vs Flax
-    as the engine jits it vs Flax under a plain jax.jit."""
+    """Yields the batch size, the note, then the rows so far after each layer."""
     batch_size = settings.layer_batch_size
     torch_modules = ({} if device.torch is None else
                      dict(torch_backend.create_model(device.torch).named_modules()))

@@ -9,6 +9,13 @@ from benchmarks.training import TARGET_ACCURACY
 from mnist_common.fileio import atomic_path
 
 BUSY_WARNING = 0.05  # other processes above this share of the CPUs: the figure is suspect
+THROUGHPUT = (("train", "Training step (forward, loss, backward, Adam)", "training step"),
+              ("inference", "Inference (logits)", "inference (logits)"))  # key, heading, plot
+
+
+def fmt(value, spec, missing="—"):
+    """`value` formatted by `spec`, or `missing` when there is none."""
+    return missing if value is None else format(value, spec)
 
 
 def fmt_rate(stats):
@@ -31,6 +38,11 @@ def fmt_load(load):
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def ran(results):
+    """The variants that ran, in the order of the results."""
+    return [name for name, v in results.get("variants", {}).items() if v["status"] == "ok"]
 
 
 def section_ok(results, key):
@@ -83,8 +95,8 @@ def title_lines(results):
     if results["device"] == "cpu":
         precision += " (a CPU computes float32 either way)."
     else:
-        machine += (f"; GPU {env.get('gpu_name')}, driver {env.get('nvidia_driver')}, "
-                    f"CUDA {env.get('torch_cuda')}")
+        driver = f", driver {env['nvidia_driver']}" if env.get("nvidia_driver") else ""
+        machine += f"; GPU {env.get('gpu_name')}{driver}, CUDA {env.get('torch_cuda')}"
         precision += (f", set through the engines' `select_placement`: torch matmul TF32 "
                       f"{env.get('torch_matmul_allow_tf32')}, cuDNN conv TF32 "
                       f"{env.get('torch_cudnn_allow_tf32')}; JAX default matmul precision "
@@ -133,24 +145,24 @@ def gflops_cell(entry):
 
 
 def throughput_lines(results, names):
-    """Training images/s with ratios and GFLOP/s; inference images/s and the latency."""
+    """Images/s with ratios of the train step and of logits; training GFLOP/s; the latency."""
     lines = []
-    if section_ok(results, "train"):
-        train, flops = results["train"], results["flops"]
-        rows = [[name] + [gflops_cell(e.get(name, {})) for e in train.values()] for name in names]
-        lines += ["## Training step (forward, loss, backward, Adam), images/s", "",
-                  throughput_table(train, names), "",
-                  f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
-                  f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
-                  table(["variant"] + [f"batch {b}" for b in train], rows), "",
-                  section_load_line(train), ""]
-    if section_ok(results, "inference"):
-        lines += ["## Inference (logits), images/s", "",
-                  throughput_table(results["inference"], names), "",
-                  section_load_line(results["inference"]), ""]
-        if results.get("latency_ms"):
-            lines += ["Single-image latency, ms: " + "; ".join(
-                f"{n} {fmt_ms(s)}" for n, s in results["latency_ms"].items()) + ".", ""]
+    for key, heading, _ in THROUGHPUT:
+        if not section_ok(results, key):
+            continue
+        section = results[key]
+        lines += [f"## {heading}, images/s", "", throughput_table(section, names), ""]
+        if key == "train":
+            flops = results["flops"]
+            rows = [[name] + [gflops_cell(e.get(name, {})) for e in section.values()]
+                    for name in names]
+            lines += [f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
+                      f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
+                      table(["variant"] + [f"batch {b}" for b in section], rows), ""]
+        lines += [section_load_line(section), ""]
+    if results.get("latency_ms"):
+        lines += ["Single-image latency, ms: " + "; ".join(
+            f"{n} {fmt_ms(s)}" for n, s in results["latency_ms"].items()) + ".", ""]
     return lines
 
 
@@ -190,10 +202,8 @@ def end_to_end_lines(e2e):
     """One epoch through the CLIs' loop, beside the isolated step at the same batch size."""
     rows = [[framework, e["variant"], e["steps"], f"{e['train_seconds']:.1f}",
              f"{e['train_images_per_second']:,.0f}",
-             "—" if e.get("isolated_step_images_per_second") is None
-             else f"{e['isolated_step_images_per_second']:,.0f}",
-             "" if e.get("end_to_end_vs_isolated") is None
-             else f"{e['end_to_end_vs_isolated']:.2f}",
+             fmt(e.get("isolated_step_images_per_second"), ",.0f"),
+             fmt(e.get("end_to_end_vs_isolated"), ".2f", ""),
              f"{100 * e['test_accuracy']:.2f} %", fmt_share(e.get("other_load"))]
             for framework, e in e2e.items()]
     return ["## End to end: one real MNIST epoch through the CLIs' loop"
@@ -213,7 +223,7 @@ def time_to_accuracy_lines(tta):
     rows = [[name, f"{t['seconds_to_target']:.1f}" if t["reached"] else "not reached",
              t["epochs_to_target"] or f"> {t['max_epochs']}",
              f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %",
-             "—" if t.get("first_call_seconds") is None else f"{t['first_call_seconds']:.1f}",
+             fmt(t.get("first_call_seconds"), ".1f"),
              fmt_share(t.get("other_load"))] for name, t in tta.items()]
     return [f"## Time to {100 * TARGET_ACCURACY:.1f} % test accuracy (the CLIs' loop stopped at "
             f"the first epoch that reaches it, tutorial settings, data on the device; compile "
@@ -251,10 +261,9 @@ def optional_lines(results):
             ("cli", "The training CLIs", cli_lines),
             ("time_to_accuracy", "Time to accuracy", time_to_accuracy_lines)):
         section = results.get(key) or {}  # None or absent in an older results file
-        if "skipped" in section or "error" in section:
-            lines += ["## " + title, "", f"Not run: {section['skipped']}" if "skipped" in section
-                      else f"Failed: {section['error']}", ""]
-        elif section:
+        if "skipped" in section:
+            lines += [f"## {title}", "", f"Not run: {section['skipped']}.", ""]
+        elif section and "error" not in section:  # a failed section is listed under Errors
             lines += section_lines(section)
     return lines
 
@@ -268,12 +277,12 @@ def memory_lines(results):
         snapshot = next((e["memory"] for e in entries.values() if "memory" in e), {})
         cells = [snapshot.get(k) for k in ("torch_device_peak_bytes", "jax_device_peak_bytes")]
         if any(c is not None for c in cells):
-            rows.append([batch] + [f"{c / 2**20:,.0f}" if c is not None else "—" for c in cells])
-    return ["## Memory", "", f"Peak host RSS of the whole run: "
-            f"{results['memory']['host_peak_rss_bytes'] / 2**20:,.0f} MiB.", ""] + ([
-                "Device memory after training at each batch size, MiB (torch: peak allocated "
-                "over its variants together; JAX: peak in use since start):", "",
-                table(["batch", "torch peak", "JAX peak"], rows), ""] if rows else [])
+            rows.append([batch] + [fmt(c and c / 2**20, ",.0f") for c in cells])
+    lines = ["## Memory", "", f"Peak host RSS of the whole run: "
+             f"{results['memory']['host_peak_rss_bytes'] / 2**20:,.0f} MiB.", ""]
+    return lines + (["Device memory after training at each batch size, MiB (torch: peak "
+                     "allocated over its variants together; JAX: peak in use since start):", "",
+                     table(["batch", "torch peak", "JAX peak"], rows), ""] if rows else [])
 
 
 def error_lines(results):
@@ -289,7 +298,7 @@ def error_lines(results):
 
 def markdown(results):
     """The whole report of one device."""
-    names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
+    names = ran(results)
     parts = (header_lines(results) + throughput_lines(results, names)
              + first_call_table(results, names) + optional_lines(results)
              + memory_lines(results) + error_lines(results))
@@ -332,16 +341,11 @@ def _bars(ax, results, key, names, width):
 
 
 def plot(results, path):
-    """Bar charts of training and inference images/s per batch size, written atomically to
-    `path` (an ImportError without Matplotlib)."""
+    """Bar charts of training and inference images/s per batch size, atomically to `path`."""
     from mnist_common.plotting import pyplot
 
-    plt = pyplot()
-
-    names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
-    sections = [(key, title) for key, title in (("train", "training step"),
-                                                ("inference", "inference (logits)"))
-                if section_ok(results, key)]
+    plt, names = pyplot(), ran(results)
+    sections = [(key, title) for key, _, title in THROUGHPUT if section_ok(results, key)]
     fig, axes = plt.subplots(1, max(len(sections), 1), figsize=(12, 4.5), dpi=100, squeeze=False)
     for ax, (key, title) in zip(axes[0], sections, strict=False):
         _bars(ax, results, key, names, 0.8 / max(len(names), 1))

@@ -1,11 +1,11 @@
 """One device, start to end: every section in order, each finished figure saved at once."""
 
 import datetime
+import json
 import sys
 import time
 import traceback
 
-import numpy as np
 import torch
 
 from benchmarks import PROG, harness, isolated, training
@@ -14,12 +14,8 @@ from mnist_common import data
 
 
 def jsonable(value):
-    """Results with int keys made strings and NumPy scalars made Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
+    """The results as their JSON reads back: int keys made strings, NumPy scalars numbers."""
+    return json.loads(json.dumps(value, default=lambda scalar: scalar.item()))
 
 
 def start_results(device, settings):

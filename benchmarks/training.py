@@ -11,8 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks import REPO
-from benchmarks.environment import memory
 from benchmarks.harness import OtherLoad, describe_error, run_process, status
 from benchmarks.isolated import BACKENDS, TUTORIAL, default_variant
 from mnist_common import data, loop
@@ -23,7 +24,7 @@ DEVICE_FLAG = {"cpu": "cpu", "gpu": "cuda"}  # the CLIs' --device for a benchmar
 QUICK_STEPS = 2  # --quick: train steps of a run (then it still evaluates every test image)
 TARGET_ACCURACY = 0.985  # the tutorial reports 98.53 % after 10 epochs
 CLI_TIMEOUT_S = 3600
-_PREALLOCATION = {}  # what keep_gpu_memory_free changed, to undo it for the CLI processes
+CLI_ENVIRONMENT = dict(os.environ)  # the CLI processes get the environment the benchmark got
 
 
 def prepare_data(quick):
@@ -83,7 +84,7 @@ def measure_end_to_end(device, settings, splits):
             "complete_epoch": max_steps is None,
             **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
                                        "test_accuracy")},
-            "wall_seconds": wall, "other_load": load, "memory": memory(device)}
+            "wall_seconds": wall, "other_load": load}
         status(f"[{device.kind}]   {framework}: {metrics['train_seconds']:.1f} s, "
                f"{metrics['train_images_per_second']:.0f} images/s, test accuracy "
                f"{100 * metrics['test_accuracy']:.2f} %")
@@ -112,24 +113,14 @@ def measure_time_to_accuracy(device, splits, config=TUTORIAL):
             "epochs_to_target": len(epochs) if reached else None,
             "seconds_to_target": metrics["train_seconds"] if reached else None,
             "epochs": epochs, "max_epochs": config.epochs,
-            "first_call_seconds": metrics["first_call_seconds"], "other_load": load,
-            "memory": memory(device)}
-
-
-def keep_gpu_memory_free():
-    """This process's JAX allocates as it goes (not 75 % up front), so a CLI beside it fits;
-    the CLI processes get the environment as it was."""
-    if "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
-        _PREALLOCATION["XLA_PYTHON_CLIENT_PREALLOCATE"] = None
-        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+            "first_call_seconds": metrics["first_call_seconds"], "other_load": load}
 
 
 def run_training_cli(words, out_dir, env=None):
-    """A training CLI as a fresh process: (its metrics.json, process seconds); a failure is a
-    UsageError with its exit status and last line."""
+    """A training CLI as a fresh process: (its metrics.json, process seconds), or a UsageError."""
     if env is None:
-        env = {k: v for k, v in os.environ.items() if k not in _PREALLOCATION}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env = {**CLI_ENVIRONMENT, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO), CLI_ENVIRONMENT.get("PYTHONPATH")]))}
     done, seconds = run_process(words, env, timeout=CLI_TIMEOUT_S)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -163,12 +154,10 @@ def cli_figures(framework, device, precision, settings, data_root):
 
 
 def measure_cli(device, settings, data_root):
-    """Yields (framework, {precision: figures}): every precision on a GPU, the chosen one on a
+    """Yields (framework, {precision: figures}): each precision on a GPU, the chosen one on a
     CPU (float32 there either way)."""
     if device.kind == "gpu" and device.torch is not None:
-        import torch
-
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # what this process holds, for the CLI processes
     for framework in frameworks(device):
         runs = {}
         for precision in PRECISIONS if device.kind == "gpu" else (settings.precision,):
