@@ -3,8 +3,8 @@ CLIs run (`torch_impl.backend`, `flax_impl.backend`). Entry point: `python bench
 four jobs:
 
 - harness: `cli` (the command line, `run.py scaling`), `session` (one device, start to end),
-  `harness` (timing, the files it may replace, the one process runner, signals),
-  `environment` (devices, machine, memory);
+  `harness` (timing, the files it may replace, the one process runner, signals, the devices
+  and what ran where);
 - isolated measurements: `isolated` (variants, FLOPs, peak GEMM, train step, logits, layers);
 - real training: `training` (the CLIs' loop, the training CLIs as processes, scaling);
 - report: `report` (Markdown and PNG).

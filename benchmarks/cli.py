@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import PROG, REPO, harness, training
-from benchmarks.environment import find_devices
 from benchmarks.harness import describe_error, status
 from benchmarks.isolated import TUTORIAL, VARIANTS
 from benchmarks.report import markdown, plot, scaling_markdown
@@ -197,7 +196,7 @@ def run_benchmark(settings, partials):
         # Before JAX starts on the GPU: it allocates as it goes (not 75 % up front), so a
         # training CLI beside it fits (the CLIs get training.CLI_ENVIRONMENT).
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    devices = find_devices(settings.devices[0], settings.precision)
+    devices = harness.find_devices(settings.devices[0], settings.precision)
     if settings.out_dir is None and settings.quick:
         out_dir = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))  # outside the repository
         created = [out_dir]

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from flax import linen
 
-from benchmarks.environment import memory, reset_torch_peak
-from benchmarks.harness import Candidate, rates, status, time_interleaved, windows_load
+from benchmarks import harness
+from benchmarks.harness import Candidate, memory, rates, status, time_interleaved
 from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from flax_impl.model import CNN as FlaxCNN
@@ -189,14 +189,6 @@ def measure_gemm(device, settings):
     return out
 
 
-def peak_gflops(gemm):
-    """The device's measured peak: torch's float32 GEMM median, else jnp's."""
-    for name in ("torch", "jax"):
-        if "gflop_per_second" in gemm.get(name, {}):
-            return gemm[name]["gflop_per_second"]["median"]
-    return None
-
-
 def per_batch(device, variants, settings, kind, flops, peak):
     """Yields (batch, {variant: timing with rates}) of train steps or logits, interleaved."""
     train = kind == "train"
@@ -205,7 +197,7 @@ def per_batch(device, variants, settings, kind, flops, peak):
     for batch_size in batch_sizes:
         status(f"[{device.kind}] {'training' if train else 'inference'}, batch {batch_size}: "
                f"{', '.join(variants)}")
-        reset_torch_peak(device)
+        harness.reset_torch_peak(device)
         timed = time_interleaved([step_candidate(v, batch_size, train) for v in variants.values()],
                                  settings)
         snapshot = memory(device)
@@ -297,7 +289,7 @@ def layer_candidates(row, device, batch_size, torch_modules):
 def layer_entry(row, timed):
     """One row of the results: ms per pass and implementation (or its error), others' load."""
     entry = {**row, "forward_ms": {}, "forward_backward_ms": {},
-             "other_load": max(windows_load(timed.values()), default=None)}
+             "other_load": max(harness.windows_load(timed.values()), default=None)}
     for name, result in timed.items():
         impl, pass_ = name.split("/")
         entry[f"{pass_}_ms"][impl] = result if "error" in result else milliseconds(result)

@@ -31,10 +31,6 @@ def fmt_share(value):
     return "n/a" if value is None else f"{100 * value:.0f} %"
 
 
-def fmt_load(load):
-    return "/".join(f"{x:.2f}" for x in load) if load else "n/a"
-
-
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -101,8 +97,9 @@ def title_lines(results):
                       f"{env.get('torch_matmul_allow_tf32')}, cuDNN conv TF32 "
                       f"{env.get('torch_cudnn_allow_tf32')}; JAX default matmul precision "
                       f"{env.get('jax_default_matmul_precision')}.")
-    load = (f"Load average at start {fmt_load(env.get('load_average'))}, at end "
-            f"{fmt_load(env.get('load_average_end'))}")
+    load = "Load average at start {}, at end {}".format(*(
+        "/".join(f"{x:.2f}" for x in env[key]) if env.get(key) else "n/a"
+        for key in ("load_average", "load_average_end")))
     if "process_cpu_seconds" in env:
         load += (f"; this process got {env['process_cpu_seconds']:.0f} CPU-seconds in "
                  f"{results['wall_seconds']:.0f} s of wall time")

@@ -9,7 +9,6 @@ import traceback
 import torch
 
 from benchmarks import PROG, harness, isolated, training
-from benchmarks.environment import environment, load_average, memory
 from mnist_common import data
 
 
@@ -24,7 +23,7 @@ def start_results(device, settings):
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([PROG, *sys.argv[1:]]), "quick": settings.quick,
             "precision": settings.precision, "complete": False,
-            "environment": environment(device),
+            "environment": harness.environment(device),
             "method": {"timing": harness.METHOD, "repeats": settings.repeats,
                        "window_seconds": settings.window_seconds,
                        "min_calls_per_window": settings.min_steps,
@@ -85,7 +84,10 @@ class Session:
         harness.status(f"[{device.kind}] {device.name()}: FLOP count and peak GEMM")
         results["flops"] = flops = isolated.flop_counts()
         self.section("peak_gemm", isolated.measure_gemm, device, settings)
-        results["peak_gflop_per_second"] = peak = isolated.peak_gflops(results["peak_gemm"])
+        gemm = results["peak_gemm"]  # the device's peak: torch's float32 GEMM median, else jnp's
+        results["peak_gflop_per_second"] = peak = next(
+            (gemm[name]["gflop_per_second"]["median"] for name in ("torch", "jax")
+             if "gflop_per_second" in gemm.get(name, {})), None)
         torch.manual_seed(0)
         variants, skipped = isolated.build_variants(device, settings.variants)
         results["variants"] = {
@@ -120,8 +122,8 @@ class Session:
 
     def finish(self):
         env = self.results["environment"]
-        self.results["memory"] = memory(self.device)
-        env["load_average_end"] = load_average()
+        self.results["memory"] = harness.memory(self.device)
+        env["load_average_end"] = harness.load_average()
         # CPU seconds this process got; far below wall x threads means the machine was shared.
         env["process_cpu_seconds"] = harness.process_cpu_seconds() - self.cpu_started
         self.results["wall_seconds"] = time.perf_counter() - self.started

@@ -166,7 +166,7 @@ def test_quick_run_memory_and_skips(quick):
 
 
 def test_flax_xla_defaults_runs_where_the_engine_differs(quick):
-    device = _import("environment").find_devices("cpu", "highest")[0]
+    device = _import("harness").find_devices("cpu", "highest")[0]
     assert _import("isolated").flax_engine_differs(device.flax)  # the CPU: xla_cpu applies
     assert quick[0]["variants"]["flax-xla-defaults"]["status"] == "ok"
 
@@ -194,7 +194,7 @@ def _tiny_splits(train=40, test=24):
 def test_time_to_accuracy_on_tiny_data():
     """The time-to-accuracy path, the CLIs' loop on 40 random images in batches of 16 (last
     batch 8): every epoch recorded until the target or the last epoch."""
-    device = _import("environment").find_devices("cpu", "highest")[0]
+    device = _import("harness").find_devices("cpu", "highest")[0]
     config = _import("isolated").Config(batch_size=16, epochs=2)
     training = _import("training")
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
@@ -213,7 +213,7 @@ def test_time_to_accuracy_stops_at_the_target(monkeypatch):
     """A target the first epoch reaches ends the run there: one epoch of three, its seconds."""
     training = _import("training")
     monkeypatch.setattr(training, "TARGET_ACCURACY", 0.0)
-    device = _import("environment").find_devices("cpu", "highest")[0]
+    device = _import("harness").find_devices("cpu", "highest")[0]
     config = _import("isolated").Config(batch_size=16, epochs=3)
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
     for result in tta.values():
@@ -230,7 +230,7 @@ def test_plain_flax_step_is_the_engines_step():
     from flax_impl import xla_cpu
 
     isolated = _import("isolated")
-    device = _import("environment").find_devices("cpu", "highest")[0]
+    device = _import("harness").find_devices("cpu", "highest")[0]
     engine = isolated.flax_variant("flax-jit", device)
     batch = isolated.placed_batch(engine, 32)
     state, metrics = isolated.flax_backend.train_step(engine.state, batch)
@@ -283,7 +283,7 @@ def test_quick_run_writes_to_scratch_and_runs_end_to_end(mnist_root):
 def test_cli_section_runs_the_training_cli(tmp_path):
     """The --cli command is the CLI users type; its report says what metrics lack."""
     training = _import("training")
-    device = _import("environment").find_devices("cpu", "highest")[0]
+    device = _import("harness").find_devices("cpu", "highest")[0]
     words = training.cli_command("torch", device, "tf32", False, tmp_path / "run", "/data")
     assert words[1:] == ["-m", "torch_impl.train", "--device", "cpu", "--precision", "tf32",
                          "--no-progress", "--out-dir", str(tmp_path / "run"), "--data-dir",
