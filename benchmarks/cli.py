@@ -1,7 +1,6 @@
-"""The command line of `python benchmarks/run.py`: flags -> settings -> every device measured
-(`benchmarks.session`), the results published once a device is complete (`benchmarks.harness`
-says what may be replaced); `--render` writes a report from a results JSON; `run.py scaling`
-runs the training CLIs on 1 and N processes / devices."""
+"""The command line of `python benchmarks/run.py`: flags -> settings -> each device measured
+(`benchmarks.session`) and its results published once complete; `--render` writes a report from
+a results JSON; `run.py scaling` runs the training CLIs on 1 and N processes / devices."""
 
 import argparse
 import datetime
@@ -88,8 +87,6 @@ def build_parser():
          help="timed windows per measurement (default: 5; --quick: 2)")
     flag("--window-seconds", type=non_negative_float, metavar="S",
          help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
-    flag("--min-steps", type=positive_int, metavar="N",
-         help="a timed window holds at least N calls (default: 1; --quick: 2)")
     flag("--out-dir", type=Path, metavar="DIR",
          help=f"where <device>.json, .md and .png go (default: {RESULTS_DIR.relative_to(REPO)}; "
               "--quick: a new scratch directory); a file there that a benchmark run did not "
@@ -123,7 +120,7 @@ def parse_settings(argv=None):
     args.layer_batch_size = 64 if args.quick else LAYER_BATCH_SIZE
     args.repeats, args.warmup_steps = pick(args.repeats, 5, 2), 1
     args.window_seconds = pick(args.window_seconds, 0.5, 0.0)
-    args.min_steps = pick(args.min_steps, 1, 2)
+    args.min_steps = 2 if args.quick else 1  # calls in a timed window, at least
     return args
 
 

@@ -1,5 +1,5 @@
 """The harness every measurement runs in: how a figure is timed, what the benchmark may do to
-the disk, how it runs a process, and how it stops.
+the disk, how it runs a process, how it stops, and the devices and what ran on them.
 
 Timing: each function's first call alone (compile), a warm-up, then windows of calls ended by a
 device synchronisation, the variants interleaved (A B A B ...) so that drift hits all alike;
@@ -8,9 +8,6 @@ median and min-max; beside every window the share of the CPUs other processes to
 
 Files: the benchmark replaces only what a benchmark run wrote (`ours`); each finished figure goes
 into `<device>.partial.json`, and only a complete run replaces `<device>.{json,md,png}`.
-
-Devices: each as both engines place work on it; beside the figures, what a reader needs to trust
-them (machine, versions, threads, settings, load, memory).
 """
 
 import collections
@@ -116,26 +113,15 @@ def windows_load(results):
             if load is not None]
 
 
-def timed_window(cand, calls, settings):
-    """(seconds per call, calls made, others' CPU share) of one window of up to `calls` calls;
-    it ends early past WINDOW_LIMIT_FACTOR x --window-seconds (a machine that got busy)."""
-    other_load = OtherLoad()
-    for done in range(1, calls + 1):
-        out = cand.call()
-        if done >= settings.min_steps and other_load.seconds() > (
-                WINDOW_LIMIT_FACTOR * settings.window_seconds):
-            break
-    cand.sync(out)
-    return other_load.seconds() / done, done, other_load.stop()
-
-
 def time_interleaved(candidates, settings):
-    """Time each candidate: first call alone, warm-up, then `repeats` interleaved windows.
+    """Time each candidate: first call alone, warm-up, then `repeats` interleaved windows of
+    calls, each ended by a synchronisation (or early, past WINDOW_LIMIT_FACTOR x
+    --window-seconds: a machine that got busy).
 
     Returns {name: {"first_call_seconds", "calls_per_window", "other_load_per_window",
     "seconds_per_call": stats}} or {name: {"error": "..."}} for a candidate that raised.
     """
-    results, live, samples = {}, [], {}
+    results, calls = {}, {}
     for cand in candidates:
         try:
             seconds = []  # the first call, then each warm-up call
@@ -147,24 +133,29 @@ def time_interleaved(candidates, settings):
             results[cand.name] = {"error": describe_error(err)}
             status(f"  {cand.name}: failed: {results[cand.name]['error']}")
             continue
-        calls = max(settings.min_steps, math.ceil(settings.window_seconds / max(seconds[-1], 1e-7)))
+        calls[cand.name] = max(settings.min_steps,
+                               math.ceil(settings.window_seconds / max(seconds[-1], 1e-7)))
         results[cand.name] = {"first_call_seconds": seconds[0], "calls_per_window": [],
-                              "other_load_per_window": []}
-        live.append((cand, calls))
-        samples[cand.name] = []
+                              "other_load_per_window": [], "samples": []}
+    longest = WINDOW_LIMIT_FACTOR * settings.window_seconds
     for _ in range(settings.repeats):
-        for cand, calls in list(live):
+        for cand in (c for c in candidates if "samples" in results[c.name]):
+            window = OtherLoad()
             try:
-                seconds, done, load = timed_window(cand, calls, settings)
+                for done in range(1, calls[cand.name] + 1):
+                    out = cand.call()
+                    if done >= settings.min_steps and window.seconds() > longest:
+                        break
+                cand.sync(out)
             except Exception as err:
                 results[cand.name] = {"error": describe_error(err)}
-                live.remove((cand, calls))
                 continue
-            samples[cand.name].append(seconds)
+            results[cand.name]["samples"].append(window.seconds() / done)
             results[cand.name]["calls_per_window"].append(done)
-            results[cand.name]["other_load_per_window"].append(load)
-    for cand, _ in live:
-        results[cand.name]["seconds_per_call"] = summarize(samples[cand.name])
+            results[cand.name]["other_load_per_window"].append(window.stop())
+    for result in results.values():
+        if "samples" in result:
+            result["seconds_per_call"] = summarize(result.pop("samples"))
     return results
 
 
@@ -330,7 +321,6 @@ def environment(device):
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "jax_backend": jax.default_backend(),
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "env": {k: os.environ.get(k) for k in ENVIRONMENT},
         # Applied by the benchmark's main as by the training CLIs; idempotent, so asking again
@@ -344,7 +334,6 @@ def environment(device):
             "torch_cudnn": torch.backends.cudnn.version() if device.torch is not None else None,
             "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "torch_cudnn_benchmark": torch.backends.cudnn.benchmark,
             "jax_device_kind": device.flax.device.device_kind if device.flax else None})
     return env
 

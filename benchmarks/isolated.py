@@ -1,9 +1,7 @@
-"""The isolated measurements, on the engines (`torch_impl.backend`, `flax_impl.backend`): the
-variants timed side by side, FLOPs per image, peak GEMM, the train step and logits per batch
-size, and each conv and linear layer alone. A variant other than the engine's own only swaps a
-piece of the engine's state (the model's memory format, a compiled model, the Flax module), and
-for XLA's defaults jits the same step plainly. A measurement over several batch sizes or layers
-yields (key, figures) as each one is done, so a stopped run keeps them."""
+"""The isolated measurements on the engines: the variants side by side (each swaps one piece of
+the engine's state: memory format, compiled model, Flax module and compiler options), FLOPs,
+peak GEMM, train step and logits per batch size, each layer alone. A measurement over several
+batch sizes or layers yields (key, figures) as each is done, so a stopped run keeps them."""
 
 import dataclasses
 
@@ -261,10 +259,8 @@ def flax_layer_candidates(row, device, batch_size, name, jit):
 
     @jit
     def forward_backward(params, x, grad):
-        if needs_input_grad:
-            y, vjp = jax.vjp(module.apply, params, x)
-        else:
-            y, vjp = jax.vjp(lambda p: module.apply(p, x), params)
+        y, vjp = (jax.vjp(module.apply, params, x) if needs_input_grad
+                  else jax.vjp(lambda p: module.apply(p, x), params))
         return y, vjp(grad)  # y too: a linear layer's vjp does not need it, XLA would drop it
 
     return (Candidate(name, lambda: forward(params, x), device.jax_sync),
@@ -272,7 +268,7 @@ def flax_layer_candidates(row, device, batch_size, name, jit):
 
 
 def layer_candidates(row, device, batch_size, torch_modules):
-    """Forward candidates then forward+backward candidates of one layer, named impl/pass."""
+    """Forward candidates, then forward+backward ones, of one layer, named impl/pass."""
     pairs = []
     if device.torch is not None:
         pairs.append(torch_layer_candidates(row, device, batch_size, torch_modules[row["layer"]]))

@@ -42,8 +42,9 @@ def ran(results):
 
 
 def section_ok(results, key):
-    """True when a measured section is present and did not fail."""
-    return isinstance(results.get(key), dict) and "error" not in results[key]
+    """True when a section was measured (it is there, and neither skipped nor failed)."""
+    section = results.get(key)
+    return bool(section) and isinstance(section, dict) and not {"error", "skipped"} & set(section)
 
 
 def throughput_table(section, names):
@@ -54,13 +55,11 @@ def throughput_table(section, names):
     for name in names:
         row = [name]
         for entries in section.values():
-            entry, base = entries.get(name), entries.get(BASELINE, {})
-            if entry is None or "error" in entry:
-                row += ["—" if entry is None else "failed", ""]
-                continue
-            ratio = (entry["images_per_second"]["median"] / base["images_per_second"]["median"]
-                     if "images_per_second" in base else None)
-            row += [fmt_rate(entry["images_per_second"]), "" if ratio is None else f"{ratio:.2f}×"]
+            rate, base = (entries.get(n, {}).get("images_per_second") for n in (name, BASELINE))
+            if rate is None:
+                row += ["failed" if name in entries else "—", ""]
+            else:
+                row += [fmt_rate(rate), f"{rate['median'] / base['median']:.2f}×" if base else ""]
         rows.append(row)
     return table(header, rows)
 
@@ -242,27 +241,11 @@ def cli_lines(cli):
                          f"{seconds:.1f}" if seconds is not None
                          else f"({run['train_seconds']:.1f}, not 10 epochs)",
                          f"{run['process_seconds']:.1f}",
-                         f"{run['first_call_seconds']:.2f}" if run["first_call_recorded"]
-                         else "not recorded", f"{100 * run['test_accuracy']:.2f} %"])
+                         fmt(run["first_call_seconds"], ".2f"),
+                         f"{100 * run['test_accuracy']:.2f} %"])
     return ["## The training CLIs, fresh processes (`python -m <framework>_impl.train`)", "",
             table(["framework", "precision", "steps", "10-epoch training s", "process s",
                    "first call s", "test accuracy"], rows), ""]
-
-
-def optional_lines(results):
-    """The sections a run may skip: each one's table, or why it is not there."""
-    lines = []
-    for key, title, section_lines in (
-            ("layers", "Layers alone", layers_table),
-            ("end_to_end", "End to end: one real MNIST epoch", end_to_end_lines),
-            ("cli", "The training CLIs", cli_lines),
-            ("time_to_accuracy", "Time to accuracy", time_to_accuracy_lines)):
-        section = results.get(key) or {}  # None or absent in an older results file
-        if "skipped" in section:
-            lines += [f"## {title}", "", f"Not run: {section['skipped']}.", ""]
-        elif section and "error" not in section:  # a failed section is listed under Errors
-            lines += section_lines(section)
-    return lines
 
 
 def memory_lines(results):
@@ -282,23 +265,25 @@ def memory_lines(results):
                      table(["batch", "torch peak", "JAX peak"], rows), ""] if rows else [])
 
 
-def error_lines(results):
-    """Every failed section, and every failed variant at a batch size, with its message."""
-    errors = [f"- {key}: {value['error']}" for key, value in results.items()
-              if isinstance(value, dict) and "error" in value]
-    errors += [f"- {key}, batch {batch}, {name}: {entry['error']}"
-               for key in ("train", "inference") if section_ok(results, key)
-               for batch, entries in results[key].items()
-               for name, entry in entries.items() if "error" in entry]
-    return ["## Errors", "", *errors, ""] if errors else []
+def not_run_lines(results):
+    """Each section that was not run, and why; each that failed, with its message (a variant
+    that failed has its message in the first-call table)."""
+    notes = [f"- {key}: not run: {v['skipped']}" if "skipped" in v else f"- {key}: failed: "
+             f"{v['error']}" for key, v in results.items()
+             if isinstance(v, dict) and {"skipped", "error"} & set(v)]
+    return ["## Not run or failed", "", *notes, ""] if notes else []
 
 
 def markdown(results):
     """The whole report of one device."""
     names = ran(results)
-    parts = (header_lines(results) + throughput_lines(results, names)
-             + first_call_table(results, names) + optional_lines(results)
-             + memory_lines(results) + error_lines(results))
+    parts = header_lines(results) + throughput_lines(results, names)
+    parts += first_call_table(results, names)
+    for key, section_lines in (("layers", layers_table), ("end_to_end", end_to_end_lines),
+                               ("cli", cli_lines), ("time_to_accuracy", time_to_accuracy_lines)):
+        if section_ok(results, key):
+            parts += section_lines(results[key])
+    parts += memory_lines(results) + not_run_lines(results)
     if not results.get("complete"):
         parts.append("**Interrupted: these are the sections finished before the stop.**")
     parts.append(f"Whole run on this device: {results.get('wall_seconds', 0):.0f} s.")
@@ -307,13 +292,11 @@ def markdown(results):
 
 def scaling_markdown(results):
     """The table of `run.py scaling`: images/s on 1 and N processes / devices."""
-    rows = []
-    for row in results["rows"]:
-        one = next(r for r in results["rows"]
-                   if r["framework"] == row["framework"] and r["count"] == results["counts"][0])
-        rows.append([row["framework"], row["count"], f"{row['images_per_second']:,.0f}",
-                     f"{row['images_per_second'] / one['images_per_second']:.2f}",
-                     f"{row['final_loss']:.4f}", row["device"]])
+    one = {r["framework"]: r["images_per_second"] for r in results["rows"]
+           if r["count"] == results["counts"][0]}
+    rows = [[r["framework"], r["count"], f"{r['images_per_second']:,.0f}",
+             f"{r['images_per_second'] / one[r['framework']]:.2f}", f"{r['final_loss']:.4f}",
+             r["device"]] for r in results["rows"]]
     return "\n".join([
         f"# Data-parallel scaling ({results['device']}), measured {results['date']}", "",
         f"`python {results['command']}`: {results['steps']} steps at global batch 256 on real "
@@ -326,14 +309,12 @@ def _bars(ax, results, key, names, width):
     """One group of bars per batch size, one bar per variant (min–max as error bars)."""
     batches = list(results[key])
     for i, name in enumerate(names):
-        medians, low, high = [], [], []
-        for batch in batches:
-            stats = results[key][batch].get(name, {}).get("images_per_second")
-            medians.append(stats["median"] if stats else np.nan)
-            low.append(stats["median"] - stats["min"] if stats else 0)
-            high.append(stats["max"] - stats["median"] if stats else 0)
+        stats = [results[key][b].get(name, {}).get("images_per_second") or {} for b in batches]
+        medians = np.array([s.get("median", np.nan) for s in stats])
+        errors = [medians - [s.get("min", np.nan) for s in stats],
+                  [s.get("max", np.nan) for s in stats] - medians]
         xs = np.arange(len(batches)) + (i - (len(names) - 1) / 2) * width
-        ax.bar(xs, medians, width, yerr=[low, high], capsize=2, label=name)
+        ax.bar(xs, medians, width, yerr=np.nan_to_num(errors), capsize=2, label=name)
     ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
 
 

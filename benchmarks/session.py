@@ -1,6 +1,7 @@
 """One device, start to end: every section in order, each finished figure saved at once."""
 
 import datetime
+import functools
 import json
 import sys
 import time
@@ -28,12 +29,6 @@ def start_results(device, settings):
                        "window_seconds": settings.window_seconds,
                        "min_calls_per_window": settings.min_steps,
                        "warmup_calls": settings.warmup_steps,
-                       "train_step": "the engine's train_step with the loss read back to the "
-                                     "host each step, synthetic data cut on the device by the "
-                                     "engine",
-                       "inference": "the engine's logits (no loss), back on the host",
-                       "end_to_end": "the CLIs' loop (mnist_common.loop), one epoch, in this "
-                                     "process after the isolated measurements",
                        "ratio": f"variant median / {isolated.BASELINE} median"}}
 
 
@@ -44,7 +39,7 @@ class Session:
         self.device, self.settings, self.save = device, settings, save
         self.data_root, self.data_problem = data_root, data_problem
         self.started, self.cpu_started = time.perf_counter(), harness.process_cpu_seconds()
-        self.results, self._splits = start_results(device, settings), None
+        self.results = start_results(device, settings)
 
     def saved(self):
         self.results["wall_seconds"] = time.perf_counter() - self.started
@@ -71,12 +66,11 @@ class Session:
             return self.section(key, measure)
         self.results[key] = {"skipped": why_not if not wanted else self.data_problem}
 
+    @functools.cached_property
     def splits(self):
         """(data root, train arrays, test arrays), read once."""
-        if self._splits is None:
-            self._splits = (self.data_root, data.load_arrays(self.data_root, train=True),
-                            data.load_arrays(self.data_root, train=False))
-        return self._splits
+        return (self.data_root, data.load_arrays(self.data_root, train=True),
+                data.load_arrays(self.data_root, train=False))
 
     def run_isolated(self):
         """Peak GEMM, the variants' train steps and logits, the layers alone."""
@@ -108,13 +102,13 @@ class Session:
         """End to end, time to accuracy, the CLIs: the sections that train on real MNIST."""
         device, settings, results = self.device, self.settings, self.results
         self.real_data_section("end_to_end", settings.epoch, "--no-epoch", lambda: (
-            training.measure_end_to_end(device, settings, self.splits())))
+            training.measure_end_to_end(device, settings, self.splits)))
         e2e = results["end_to_end"]
         if not {"error", "skipped"} & set(e2e) and "error" not in results["train"]:
             training.beside_isolated(e2e, results["train"])
         self.real_data_section(
             "time_to_accuracy", settings.time_to_accuracy, "run with --time-to-accuracy",
-            lambda: training.measure_time_to_accuracy(device, self.splits()))
+            lambda: training.measure_time_to_accuracy(device, self.splits))
         cli = settings.cli if settings.cli is not None else device.kind == "gpu"
         self.real_data_section("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
                                "framework: minutes)" if settings.cli is None else "--no-cli",

@@ -291,11 +291,11 @@ def test_cli_section_runs_the_training_cli(tmp_path):
     quick_words = training.cli_command("flax", device, "highest", True, tmp_path, "/data")
     assert quick_words[-4:] == ["--epochs", "1", "--max-steps", "2"]
     run = {"steps": 2350, "epochs": 10, "train_seconds": 8.5, "ten_epoch_train_seconds": 8.5,
-           "process_seconds": 22.0, "first_call_seconds": 0.0, "first_call_recorded": False,
+           "process_seconds": 22.0, "first_call_seconds": None,
            "train_images_per_second": 70000.0, "test_accuracy": 0.987}
     text = "\n".join(_import("report").cli_lines({"torch": {"highest": run},
                                                   "flax": {"tf32": {"error": "exit status 2"}}}))
-    assert "| torch | highest | 2350 | 8.5 | 22.0 | not recorded | 98.70 % |" in text
+    assert "| torch | highest | 2350 | 8.5 | 22.0 | — | 98.70 % |" in text
     assert "failed: exit status 2" in text
 
 
