@@ -64,12 +64,10 @@ def build_parser():
     flag = parser.add_argument
     flag("--quick", action="store_true",
          help="a tiny run for CI (seconds): batch 64, inference batches 1 and 256, 2 repeats of 2 "
-              "calls, no torch.compile, layers at batch 64, the end-to-end epoch cut to 2 steps "
-              "and only if MNIST is already prepared; results go to a new scratch directory "
-              "unless --out-dir")
+              "calls, no torch.compile, layers at batch 64, 2 end-to-end steps if MNIST is "
+              "already prepared; results in a new scratch directory unless --out-dir")
     flag("--device", choices=("cpu", "gpu", "cuda", "all"), default="all",
-         help="where to measure; all = the CPU and the GPU when there is one (default: "
-              "%(default)s)")
+         help="where to measure; all = the CPU, and the GPU if any (default: %(default)s)")
     flag("--precision", choices=PRECISIONS, default="highest",
          help="highest: true float32 convolutions and matmuls in both frameworks; tf32: both may "
               "use TF32 on a GPU (a CPU computes float32 either way) (default: %(default)s)")
@@ -89,8 +87,7 @@ def build_parser():
          help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
     flag("--out-dir", type=Path, metavar="DIR",
          help=f"where <device>.json, .md and .png go (default: {RESULTS_DIR.relative_to(REPO)}; "
-              "--quick: a new scratch directory); a file there that a benchmark run did not "
-              "write is never replaced")
+              "--quick: a new scratch directory), never over a file a benchmark did not write")
     flag("--no-layers", dest="layers", action="store_false", help="skip the per-layer timings")
     flag("--no-epoch", dest="epoch", action="store_false",
          help="skip the end-to-end MNIST epoch through the CLIs' loop")
@@ -185,9 +182,8 @@ def publish(out_dir, results, partial):
 
 
 def run_benchmark(settings, partials):
-    """Devices found and the out-dir checked, both before it is created; every device measured,
-    each finished figure in <device>.partial.json (listed in `partials`), the results published
-    when the device is complete. A directory this run created and left empty is removed."""
+    """Devices found and the out-dir checked before it is created; each device measured, its
+    figures in <device>.partial.json (`partials`) until published; empty new dirs removed."""
     keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
     if settings.cli is not False and settings.devices != ("cpu",):
         # Before JAX starts on the GPU: it allocates as it goes (not 75 % up front), so a

@@ -38,10 +38,9 @@ from mnist_common.fileio import foreign, say
 from torch_impl import backend as torch_backend
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
-METHOD = ("each function is called once alone (first call: compile/jit/autotune), then "
-          "warmed up; a repeat is a window of several calls ended by a device "
-          "synchronisation; variants are interleaved A B A B ...; median and min-max "
-          "over repeats")
+METHOD = ("each function is called once alone (first call: compile/jit/autotune), then warmed "
+          "up; a repeat is a window of several calls ended by a device synchronisation; "
+          "variants are interleaved A B A B ...; median and min-max over repeats")
 _STARTED = time.perf_counter()
 SCHEMA = "mnist-cnn-benchmark/1"
 SCALING_SCHEMA = "mnist-cnn-scaling/1"
@@ -115,12 +114,9 @@ def windows_load(results):
 
 def time_interleaved(candidates, settings):
     """Time each candidate: first call alone, warm-up, then `repeats` interleaved windows of
-    calls, each ended by a synchronisation (or early, past WINDOW_LIMIT_FACTOR x
-    --window-seconds: a machine that got busy).
-
+    calls ended by a synchronisation (early past WINDOW_LIMIT_FACTOR x --window-seconds).
     Returns {name: {"first_call_seconds", "calls_per_window", "other_load_per_window",
-    "seconds_per_call": stats}} or {name: {"error": "..."}} for a candidate that raised.
-    """
+    "seconds_per_call": stats}}, or {name: {"error": "..."}} for a candidate that raised."""
     results, calls = {}, {}
     for cand in candidates:
         try:
@@ -211,8 +207,8 @@ def prepare_out_dir(path, names):
 
 
 def run_process(words, env=None, timeout=None):
-    """The one way the benchmark runs a program: from the repository root, no stdin, output
-    captured. Returns (subprocess.CompletedProcess, wall seconds)."""
+    """The one way the benchmark runs a program (repository root, no stdin, output captured):
+    (subprocess.CompletedProcess, wall seconds)."""
     start = time.perf_counter()
     done = subprocess.run(words, cwd=REPO, env=env, stdin=subprocess.DEVNULL, text=True,
                           capture_output=True, timeout=timeout)
@@ -249,10 +245,6 @@ class Device:
     def torch_sync(self, _result=None):
         if self.torch is not None and self.torch.device.type == "cuda":
             torch.cuda.synchronize(self.torch.device)
-
-    @staticmethod
-    def jax_sync(result):
-        jax.block_until_ready(result)
 
     def name(self):
         if self.kind == "cpu":
@@ -350,7 +342,3 @@ def memory(device):
             "peak_bytes_in_use")
     return out
 
-
-def reset_torch_peak(device):
-    if device.kind == "gpu" and device.torch is not None:
-        torch.cuda.reset_peak_memory_stats(device.torch.device)

@@ -23,11 +23,9 @@ from torch_impl import backend as torch_backend
 
 VARIANTS = {
     "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
-    "torch-channels-last": "the same with model and input in torch.channels_last memory format "
-                           "(the engine's own format on the CPU)",
+    "torch-channels-last": "the same with model and input channels_last (the engine's on the CPU)",
     "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
-    "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
-                "model flax_impl.backend.create_model(placement) ships for this device",
+    "flax-jit": "flax_impl.backend's state, train_step and logits, NHWC, as the engine runs here",
     "flax-xla-defaults": "the same step under a plain jax.jit (XLA's default compiler options) "
                          "with flax_impl.model.CNN() at its defaults (Flax's max-pool): what "
                          "the engine changes on the CPU; run only where it changes something",
@@ -36,8 +34,7 @@ BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
 
 
 def default_variant(framework, placement):
-    """The variant the training CLIs run on `placement`: torch's engine trains channels_last on
-    the CPU (`torch_impl.backend.memory_format`)."""
+    """The variant the training CLIs run on `placement` (torch: channels_last on the CPU)."""
     if framework == "flax":
         return "flax-jit"
     channels_last = torch_backend.memory_format(placement) == "channels_last"
@@ -85,9 +82,8 @@ def torch_variant(name, device, config=TUTORIAL):
 
 
 def plain_train_step(state, batch):
-    """The engine's train step (cross-entropy, gradient, Adam update) as a plain function, for
-    a `jax.jit` at XLA's default options; `tests/test_benchmark.py` checks it against
-    `flax_impl.backend.train_step`."""
+    """The engine's train step as a plain function, for a `jax.jit` at XLA's default options
+    (`tests/test_benchmark.py` checks it against `flax_impl.backend.train_step`)."""
     images, labels = batch
 
     def loss_fn(params):
@@ -101,12 +97,12 @@ def flax_variant(name, device, config=TUTORIAL):
     """The engine's Flax state and step, or the same under a plain jax.jit of the stock CNN."""
     state = flax_backend.create_train_state(config, device.flax)
     if name != "flax-xla-defaults":
-        return Variant(name, flax_backend, state, device.flax, device.jax_sync)
+        return Variant(name, flax_backend, state, device.flax, jax.block_until_ready)
     # Same params and optax transform; only the module and the compiler options differ.
     stock = FlaxCNN()
     state = state.replace(apply_fn=stock.apply)
     forward = jax.jit(stock.apply)
-    return Variant(name, flax_backend, state, device.flax, device.jax_sync,
+    return Variant(name, flax_backend, state, device.flax, jax.block_until_ready,
                    train_step=jax.jit(plain_train_step),
                    logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
 
@@ -129,8 +125,7 @@ def build_variants(device, names):
 
 
 def placed_batch(variant, batch_size, seed=0):
-    """A batch of random MNIST-like data (uint8 (B, 28, 28), int64 labels) cut on the device
-    by the engine, as the CLIs' default in-memory loader cuts real ones."""
+    """Random MNIST-like data (uint8 (B, 28, 28), int64 labels) cut on the device by the engine."""
     rng = np.random.default_rng([seed, batch_size])
     images = rng.integers(0, 256, (batch_size, *INPUT_SHAPE[1:]), dtype=np.uint8)
     split = variant.backend.place_split(variant.placement, images,
@@ -140,8 +135,7 @@ def placed_batch(variant, batch_size, seed=0):
 
 
 def step_candidate(variant, batch_size, train):
-    """Per call, one engine train step with the loss read back to the host as the loop does;
-    or (not `train`) the engine's logits (N, 10) of one batch, back on the host."""
+    """Per call, one train step with the loss read back as the loop does, or (N, 10) logits."""
     batch = placed_batch(variant, batch_size)
     step = variant.train_step or variant.backend.train_step
     logits = variant.logits or variant.backend.logits
@@ -178,7 +172,7 @@ def measure_gemm(device, settings):
     if device.flax is not None:
         a_j, b_j = jax.device_put((a_np, b_np), device.flax.device)
         matmul = jax.jit(jnp.matmul)
-        candidates.append(Candidate("jax", lambda: matmul(a_j, b_j), device.jax_sync))
+        candidates.append(Candidate("jax", lambda: matmul(a_j, b_j), jax.block_until_ready))
     out = {"size": n, "flops_per_call": 2 * n**3}
     for name, result in time_interleaved(candidates, settings).items():
         if "error" not in result:
@@ -195,7 +189,8 @@ def per_batch(device, variants, settings, kind, flops, peak):
     for batch_size in batch_sizes:
         status(f"[{device.kind}] {'training' if train else 'inference'}, batch {batch_size}: "
                f"{', '.join(variants)}")
-        harness.reset_torch_peak(device)
+        if device.kind == "gpu" and device.torch is not None:  # peaks of this batch size alone
+            torch.cuda.reset_peak_memory_stats(device.torch.device)
         timed = time_interleaved([step_candidate(v, batch_size, train) for v in variants.values()],
                                  settings)
         snapshot = memory(device)
@@ -263,8 +258,8 @@ def flax_layer_candidates(row, device, batch_size, name, jit):
                   else jax.vjp(lambda p: module.apply(p, x), params))
         return y, vjp(grad)  # y too: a linear layer's vjp does not need it, XLA would drop it
 
-    return (Candidate(name, lambda: forward(params, x), device.jax_sync),
-            Candidate(name, lambda: forward_backward(params, x, grad), device.jax_sync))
+    return (Candidate(name, lambda: forward(params, x), jax.block_until_ready),
+            Candidate(name, lambda: forward_backward(params, x, grad), jax.block_until_ready))
 
 
 def layer_candidates(row, device, batch_size, torch_modules):

@@ -207,8 +207,7 @@ def end_to_end_lines(e2e):
             else "## End to end: real MNIST, the first steps of epoch 1 (--quick)", "",
             "The CLIs' loop (`mnist_common.loop`) with the engine, as `python -m "
             "<framework>_impl.train --epochs 1` runs it (in-memory loader, batch 256, the loss "
-            "read every step; compile included, evaluation not): its metrics' `train_seconds`, "
-            "`train_images_per_second` and `test_accuracy`, beside the isolated train step.", "",
+            "read every step; compile included, evaluation not), beside the isolated step.", "",
             table(["framework", "variant", "steps", "train seconds", "images/s",
                    "isolated step images/s", "end to end / isolated", "test accuracy after",
                    "others' CPU"], rows), ""]

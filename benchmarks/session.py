@@ -46,8 +46,8 @@ class Session:
         self.save(jsonable(self.results))
 
     def section(self, key, function, *args):
-        """results[key] from `function(*args)`: a dict, or (name, figures) pairs, each saved as
-        it comes; an exception becomes {"error": …}."""
+        """results[key] from `function(*args)` (a dict, or (name, figures) pairs, each saved as
+        it comes); an exception becomes {"error": …} beside what was measured."""
         self.results[key] = part = {}
         try:
             produced = function(*args)
@@ -102,10 +102,7 @@ class Session:
         """End to end, time to accuracy, the CLIs: the sections that train on real MNIST."""
         device, settings, results = self.device, self.settings, self.results
         self.real_data_section("end_to_end", settings.epoch, "--no-epoch", lambda: (
-            training.measure_end_to_end(device, settings, self.splits)))
-        e2e = results["end_to_end"]
-        if not {"error", "skipped"} & set(e2e) and "error" not in results["train"]:
-            training.beside_isolated(e2e, results["train"])
+            training.measure_end_to_end(device, settings, self.splits, results["train"])))
         self.real_data_section(
             "time_to_accuracy", settings.time_to_accuracy, "run with --time-to-accuracy",
             lambda: training.measure_time_to_accuracy(device, self.splits))

@@ -61,8 +61,7 @@ class Run(loop.TrainingRun):
 
 
 def train_in_loop(device, framework, config, splits, until_target=False):
-    """One run of the CLIs' loop on the benchmark's placement, in a temp dir: (metrics, wall
-    seconds, others' CPU share). `splits` = (data root, train arrays, test arrays)."""
+    """The CLIs' loop once, in a temp dir on (data root, train, test): (metrics, wall s, load)."""
     backend, placement = BACKENDS[framework], getattr(device, framework)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         config = dataclasses.replace(config, out_dir=tmp, progress=False)
@@ -74,31 +73,26 @@ def train_in_loop(device, framework, config, splits, until_target=False):
         return metrics, other_load.seconds(), other_load.stop()
 
 
-def measure_end_to_end(device, settings, splits):
-    """Yields (framework, figures) of one epoch (--quick: QUICK_STEPS steps) through the loop."""
+def measure_end_to_end(device, settings, splits, train):
+    """Yields (framework, figures) of one epoch (--quick: QUICK_STEPS steps) through the loop,
+    beside the isolated train step (`train`, the results' section) at the same batch size."""
     max_steps = QUICK_STEPS if settings.quick else None
     config = Config(epochs=1, max_steps=max_steps, precision=settings.precision)
     for framework in frameworks(device):
         status(f"[{device.kind}] end to end, {framework}: the CLIs' loop, 1 epoch"
                + (f", {max_steps} steps" if max_steps else ""))
         metrics, wall, load = train_in_loop(device, framework, config, splits)
-        yield framework, {"variant": default_variant(framework, getattr(device, framework)),
-                          "complete_epoch": max_steps is None, **figures(metrics),
-                          "wall_seconds": wall, "other_load": load}
-
-
-def beside_isolated(end_to_end, train, batch_size=TUTORIAL.batch_size):
-    """Add the isolated train step's images/s at the same batch size, and the ratio."""
-    for entry in end_to_end.values():
-        isolated = train.get(batch_size, {}).get(entry["variant"], {})
-        rate = isolated.get("images_per_second", {}).get("median")
-        entry["isolated_step_images_per_second"] = rate
-        entry["end_to_end_vs_isolated"] = entry["train_images_per_second"] / rate if rate else None
+        variant = default_variant(framework, getattr(device, framework))
+        isolated = train.get(config.batch_size, {}).get(variant, {}).get("images_per_second", {})
+        rate = isolated.get("median")
+        yield framework, {"variant": variant, "complete_epoch": max_steps is None,
+                          **figures(metrics), "wall_seconds": wall, "other_load": load,
+                          "isolated_step_images_per_second": rate, "end_to_end_vs_isolated":
+                          metrics["train_images_per_second"] / rate if rate else None}
 
 
 def measure_time_to_accuracy(device, splits, config=TUTORIAL):
-    """Yields (variant, run) per framework: the CLIs' loop (data on the device, compile
-    included) until test accuracy >= TARGET_ACCURACY or `config.epochs`."""
+    """Yields (variant, run) per framework: the CLIs' loop until TARGET_ACCURACY or the end."""
     for framework in frameworks(device):
         status(f"[{device.kind}] time to {100 * TARGET_ACCURACY:.1f} %, {framework}")
         metrics, _, load = train_in_loop(device, framework, config, splits, until_target=True)
