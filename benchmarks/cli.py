@@ -26,7 +26,6 @@ from mnist_common.reporting import write_metrics
 RESULTS_DIR = REPO / "benchmarks" / "results"  # wherever it is run from
 TRAIN_BATCH_SIZES = (64, 256, 1024)
 INFERENCE_BATCH_SIZES = (1, 256, 10_000)
-LAYER_BATCH_SIZE = 256  # the tutorial's batch size
 
 
 def non_negative_float(text):
@@ -114,7 +113,7 @@ def parse_settings(argv=None):
                          tuple(v for v in VARIANTS if v != "torch-compile"))
     args.train_batch_sizes = pick(args.batch_sizes, TRAIN_BATCH_SIZES, (64,))
     args.inference_batch_sizes = pick(args.inference_batch_sizes, INFERENCE_BATCH_SIZES, (1, 256))
-    args.layer_batch_size = 64 if args.quick else LAYER_BATCH_SIZE
+    args.layer_batch_size = 64 if args.quick else TUTORIAL.batch_size
     args.repeats, args.warmup_steps = pick(args.repeats, 5, 2), 1
     args.window_seconds = pick(args.window_seconds, 0.5, 0.0)
     args.min_steps = 2 if args.quick else 1  # calls in a timed window, at least

@@ -74,13 +74,6 @@ def other_loads(value):
     return own + windows_load([value]) + other_loads(list(value.values()))
 
 
-def section_load_line(section):
-    """Other processes' largest share of the CPUs per batch size (train/inference tables)."""
-    return ("Other processes' largest share of the CPUs during a timed window: " + ", ".join(
-        f"batch {batch} {fmt_share(max(windows_load(entries.values()), default=None))}"
-        for batch, entries in section.items()) + ".")
-
-
 def title_lines(results):
     """Title, machine, versions, load, precision and the method."""
     env, versions = results["environment"], results["environment"]["versions"]
@@ -155,7 +148,9 @@ def throughput_lines(results, names):
             lines += [f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
                       f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
                       table(["variant"] + [f"batch {b}" for b in section], rows), ""]
-        lines += [section_load_line(section), ""]
+        loads = ", ".join(f"batch {batch} {fmt_share(max(windows_load(e.values()), default=None))}"
+                          for batch, e in section.items())  # the largest of each batch size
+        lines += [f"Other processes' largest share of the CPUs during a timed window: {loads}.", ""]
     if results.get("latency_ms"):
         lines += ["Single-image latency, ms: " + "; ".join(
             f"{n} {fmt_ms(s)}" for n, s in results["latency_ms"].items()) + ".", ""]
@@ -164,8 +159,8 @@ def throughput_lines(results, names):
 
 def first_call_table(results, names):
     """First-call seconds (compile / jit / autotune) of every timed step."""
-    columns = {f"{label} {batch}": entries for key, label in (("train", "train"),
-                                                              ("inference", "infer"))
+    columns = {f"{label} {batch}": entries
+               for key, label in (("train", "train"), ("inference", "infer"))
                if section_ok(results, key) for batch, entries in results[key].items()}
     rows = [[name] + [f"{c[name]['first_call_seconds']:.2f}" if "first_call_seconds"
                       in c.get(name, {}) else c.get(name, {}).get("error", "—")
