@@ -1,33 +1,31 @@
-"""The command line of `python benchmarks/run.py`: flags -> settings -> every device measured
-(`benchmarks.session`), the results published once a device is complete (`benchmarks.harness`
-says what may be replaced); `--render` writes a report from a results JSON; `run.py scaling`
-runs the training CLIs on 1 and N processes / devices."""
+"""The command line of `python benchmarks/run.py`: flags -> settings -> each device measured
+(`benchmarks.session`) and its results published once complete; `--render` writes a report from
+a results JSON; `run.py scaling` runs the training CLIs on 1 and N processes / devices."""
 
 import argparse
 import datetime
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks import PROG, REPO, harness, training
-from benchmarks.environment import find_devices
 from benchmarks.harness import describe_error, status
 from benchmarks.isolated import TUTORIAL, VARIANTS
 from benchmarks.report import markdown, plot, scaling_markdown
 from benchmarks.session import run_device
+from mnist_common import rundir
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.config import PRECISIONS, positive_int
 from mnist_common.errors import ArgumentParser, UsageError
 from mnist_common.fileio import say, write_text_atomic
+from mnist_common.reporting import write_metrics
 
 RESULTS_DIR = REPO / "benchmarks" / "results"  # wherever it is run from
 TRAIN_BATCH_SIZES = (64, 256, 1024)
 INFERENCE_BATCH_SIZES = (1, 256, 10_000)
-LAYER_BATCH_SIZE = 256  # the tutorial's batch size
 
 
 def non_negative_float(text):
@@ -57,74 +55,55 @@ def variant(text):
     return text
 
 
-def add_selection_flags(parser):
-    """What to measure: --quick, --device, --precision, batch sizes, variants."""
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny run for CI (seconds): batch 64, inference batches 1 and 256, "
-                             "2 repeats of 2 calls, no torch.compile, layers at batch 64, the "
-                             "end-to-end epoch cut to 2 steps and only if MNIST is already "
-                             "prepared; results go to a new scratch directory unless --out-dir")
-    parser.add_argument("--device", choices=("cpu", "gpu", "cuda", "all"), default="all",
-                        help="where to measure; all = the CPU and the GPU when there is one "
-                             "(default: %(default)s)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="highest",
-                        help="highest: true float32 convolutions and matmuls in both frameworks; "
-                             "tf32: both may use TF32 on a GPU (a CPU computes float32 either "
-                             "way) (default: %(default)s)")
-    parser.add_argument("--batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
-                        help="training batch sizes (default: "
-                             f"{','.join(map(str, TRAIN_BATCH_SIZES))}; --quick: 64)")
-    parser.add_argument("--inference-batch-sizes", type=comma_list(positive_int),
-                        metavar="N,N,...", help="inference batch sizes; batch 1 also gives the "
-                        f"latency (default: {','.join(map(str, INFERENCE_BATCH_SIZES))}; "
-                        "--quick: 1,256)")
-    parser.add_argument("--variants", type=comma_list(variant), metavar="V,V,...",
-                        help=f"which variants (default: {','.join(VARIANTS)}; --quick: all but "
-                             "torch-compile); flax-xla-defaults runs only where the Flax engine "
-                             "differs from a plain jax.jit of the stock module (the CPU)")
-
-
-def add_timing_flags(parser):
-    parser.add_argument("--repeats", type=positive_int, metavar="N",
-                        help="timed windows per measurement (default: 5; --quick: 2)")
-    parser.add_argument("--window-seconds", type=non_negative_float, metavar="S",
-                        help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
-    parser.add_argument("--min-steps", type=positive_int, metavar="N",
-                        help="a timed window holds at least N calls (default: 1; --quick: 2)")
-    parser.add_argument("--wait-quiet", type=non_negative_float, default=0.0, metavar="S",
-                        help="before each measurement wait up to S seconds until other "
-                             "processes use < 10 %% of the CPUs (default: %(default)s)")
-
-
-def add_section_flags(parser):
-    parser.add_argument("--out-dir", type=Path, metavar="DIR",
-                        help=f"where <device>.json, .md and .png go (default: "
-                             f"{RESULTS_DIR.relative_to(REPO)}; --quick: a new scratch "
-                             "directory); a file there that a benchmark run did not write is "
-                             "never replaced")
-    parser.add_argument("--no-layers", dest="layers", action="store_false",
-                        help="skip the per-layer timings")
-    parser.add_argument("--no-epoch", dest="epoch", action="store_false",
-                        help="skip the end-to-end MNIST epoch through the CLIs' loop")
-    parser.add_argument("--cli", action=argparse.BooleanOptionalAction,
-                        help="run the training CLIs as processes (10 epochs, --quick: 2 steps) "
-                             "and time them from outside (default: on a GPU only)")
-    parser.add_argument("--render", metavar="X.json", type=Path,
-                        help="measure nothing: write X.md and X.png from a results JSON")
-    parser.add_argument("--time-to-accuracy", action="store_true",
-                        help=f"also train through the CLIs' loop (tutorial settings, up to "
-                             f"{TUTORIAL.epochs} epochs) until "
-                             f"{100 * training.TARGET_ACCURACY:.1f} %% test accuracy")
+def build_parser():
+    """The flags of `python benchmarks/run.py`: what to measure, how long, which sections."""
+    parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
+                            "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
+                            "run.", epilog=f"{PROG} scaling --help: data-parallel scaling")
+    flag = parser.add_argument
+    flag("--quick", action="store_true",
+         help="a tiny run for CI (seconds): batch 64, inference batches 1 and 256, 2 repeats of 2 "
+              "calls, no torch.compile, layers at batch 64, 2 end-to-end steps if MNIST is "
+              "already prepared; results in a new scratch directory unless --out-dir")
+    flag("--device", choices=("cpu", "gpu", "cuda", "all"), default="all",
+         help="where to measure; all = the CPU, and the GPU if any (default: %(default)s)")
+    flag("--precision", choices=PRECISIONS, default="highest",
+         help="highest: true float32 convolutions and matmuls in both frameworks; tf32: both may "
+              "use TF32 on a GPU (a CPU computes float32 either way) (default: %(default)s)")
+    flag("--batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
+         help=f"training batch sizes (default: {','.join(map(str, TRAIN_BATCH_SIZES))}; "
+              "--quick: 64)")
+    flag("--inference-batch-sizes", type=comma_list(positive_int), metavar="N,N,...",
+         help="inference batch sizes; batch 1 also gives the latency (default: "
+              f"{','.join(map(str, INFERENCE_BATCH_SIZES))}; --quick: 1,256)")
+    flag("--variants", type=comma_list(variant), metavar="V,V,...",
+         help=f"which variants (default: {','.join(VARIANTS)}; --quick: all but torch-compile); "
+              "flax-xla-defaults runs only where the Flax engine differs from a plain jax.jit of "
+              "the stock module (the CPU)")
+    flag("--repeats", type=positive_int, metavar="N",
+         help="timed windows per measurement (default: 5; --quick: 2)")
+    flag("--window-seconds", type=non_negative_float, metavar="S",
+         help="a timed window lasts at least S seconds (default: 0.5; --quick: 0)")
+    flag("--out-dir", type=Path, metavar="DIR",
+         help=f"where <device>.json, .md and .png go (default: {RESULTS_DIR.relative_to(REPO)}; "
+              "--quick: a new scratch directory), never over a file a benchmark did not write")
+    flag("--no-layers", dest="layers", action="store_false", help="skip the per-layer timings")
+    flag("--no-epoch", dest="epoch", action="store_false",
+         help="skip the end-to-end MNIST epoch through the CLIs' loop")
+    flag("--cli", action=argparse.BooleanOptionalAction,
+         help="run the training CLIs as processes (10 epochs, --quick: 2 steps) and time them "
+              "from outside (default: on a GPU only)")
+    flag("--render", metavar="X.json", type=Path,
+         help="measure nothing: write X.md and X.png from a results JSON")
+    flag("--time-to-accuracy", action="store_true",
+         help=f"also train through the CLIs' loop (tutorial settings, up to {TUTORIAL.epochs} "
+              f"epochs) until {100 * training.TARGET_ACCURACY:.1f} %% test accuracy")
+    return parser
 
 
 def parse_settings(argv=None):
     """Command line -> settings, --quick's defaults filled in (a bad value: a UsageError)."""
-    parser = ArgumentParser(prog=PROG, description="Side-by-side speed of the tutorial MNIST "
-                            "CNN in PyTorch and in Flax, timed on the engines the training CLIs "
-                            "run.", epilog=f"{PROG} scaling --help: data-parallel scaling")
-    for add_flags in (add_selection_flags, add_timing_flags, add_section_flags):
-        add_flags(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def pick(value, normal, in_quick):
         return value if value is not None else (in_quick if args.quick else normal)
@@ -134,10 +113,10 @@ def parse_settings(argv=None):
                          tuple(v for v in VARIANTS if v != "torch-compile"))
     args.train_batch_sizes = pick(args.batch_sizes, TRAIN_BATCH_SIZES, (64,))
     args.inference_batch_sizes = pick(args.inference_batch_sizes, INFERENCE_BATCH_SIZES, (1, 256))
-    args.layer_batch_size = 64 if args.quick else LAYER_BATCH_SIZE
+    args.layer_batch_size = 64 if args.quick else TUTORIAL.batch_size
     args.repeats, args.warmup_steps = pick(args.repeats, 5, 2), 1
     args.window_seconds = pick(args.window_seconds, 0.5, 0.0)
-    args.min_steps = pick(args.min_steps, 1, 2)
+    args.min_steps = 2 if args.quick else 1  # calls in a timed window, at least
     return args
 
 
@@ -148,19 +127,19 @@ def parse_scaling(argv):
                             "share the same cores (the cost of the split, not a speed-up). "
                             "Writes scaling-<device>.json and .md.",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--devices", type=comma_list(positive_int), default="1,2",
-                        metavar="N,N,...", help="process / device counts to run")
-    parser.add_argument("--steps", type=positive_int, default=60, metavar="N",
-                        help="training steps per run (batch 256)")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to train")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, metavar="DIR",
-                        help="where scaling-<device>.json and .md go")
+    flag = parser.add_argument
+    flag("--devices", type=comma_list(positive_int), default="1,2", metavar="N,N,...",
+         help="process / device counts to run")
+    flag("--steps", type=positive_int, default=60, metavar="N",
+         help="training steps per run (batch 256)")
+    flag("--device", choices=("cpu", "gpu"), default="cpu", help="where to train")
+    flag("--out-dir", type=Path, default=RESULTS_DIR, metavar="DIR",
+         help="where scaling-<device>.json and .md go")
     return parser.parse_args(argv)
 
 
 def write_report(json_path, results):
-    """X.md, and X.png (no PNG without Matplotlib: `--render` it later), beside X.json; returns
-    the Markdown. Invalid results raise before anything is written."""
+    """X.md and X.png (without Matplotlib: none) beside X.json; returns the Markdown."""
     text = (markdown if results["schema"] == harness.SCHEMA else scaling_markdown)(results)
     if results["schema"] == harness.SCHEMA:
         try:
@@ -172,8 +151,7 @@ def write_report(json_path, results):
 
 
 def render(path):
-    """--render X.json: X.md and X.png beside it (never over a file the benchmark did not
-    write); prints the Markdown."""
+    """--render X.json: X.md and X.png beside it (never over a user's file); prints X.md."""
     results, why = harness.read_results(path), "not a complete results file of this benchmark"
     if results is None:
         raise UsageError(f"--render {path}: " + (f"{why} (a JSON object written by {PROG})"
@@ -195,7 +173,7 @@ def publish(out_dir, results, partial):
         harness.refuse_strangers(out_dir, [path.name, f"{path.stem}.md", f"{path.stem}.png"])
     except UsageError as err:
         raise UsageError(f"{err}; the results are in {partial}") from None
-    harness.write_json(path, results)
+    write_metrics(path, results)
     text = write_report(path, results)
     partial.unlink(missing_ok=True)
     status(f"wrote {out_dir / results['device']}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
@@ -203,13 +181,14 @@ def publish(out_dir, results, partial):
 
 
 def run_benchmark(settings, partials):
-    """Devices found and the out-dir checked, both before it is created; every device measured,
-    each finished figure in <device>.partial.json (listed in `partials`), the results published
-    when the device is complete. A directory this run created and left empty is removed."""
+    """Devices found and the out-dir checked before it is created; each device measured, its
+    figures in <device>.partial.json (`partials`) until published; empty new dirs removed."""
     keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
     if settings.cli is not False and settings.devices != ("cpu",):
-        training.keep_gpu_memory_free()  # before JAX starts on the GPU
-    devices = find_devices(settings.devices[0], settings.precision)
+        # Before JAX starts on the GPU: it allocates as it goes (not 75 % up front), so a
+        # training CLI beside it fits (the CLIs get training.CLI_ENVIRONMENT).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    devices = harness.find_devices(settings.devices[0], settings.precision)
     if settings.out_dir is None and settings.quick:
         out_dir = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))  # outside the repository
         created = [out_dir]
@@ -228,7 +207,7 @@ def run_benchmark(settings, partials):
             partial = out_dir / f"{device.slug()}.partial.json"
 
             def save(results, partial=partial):
-                harness.write_json(partial, results)
+                write_metrics(partial, results)
                 if partial not in partials:
                     partials.append(partial)
 
@@ -236,7 +215,7 @@ def run_benchmark(settings, partials):
             partials[:] = [p for p in partials if p != partial]  # published: no longer partial
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-        harness.remove_if_empty(created)
+        rundir.remove_created(created)
 
 
 def run_scaling(args, argv):
@@ -246,23 +225,13 @@ def run_scaling(args, argv):
     try:
         rows = training.measure_scaling(args.device, args.steps, sorted(args.devices))
     except BaseException:
-        harness.remove_if_empty(created)
+        rundir.remove_created(created)
         raise
     results = {"schema": harness.SCALING_SCHEMA, "command": " ".join([PROG, "scaling", *argv]),
                "device": args.device, "steps": args.steps, "counts": sorted(args.devices),
                "rows": rows, "date": datetime.date.today().isoformat()}
-    harness.write_json(args.out_dir / f"{stem}.json", results)
+    write_metrics(args.out_dir / f"{stem}.json", results)
     print(write_report(args.out_dir / f"{stem}.json", results))
-
-
-def stopped_line(signum, partials):
-    """The one line a stopped run leaves: the signal, and where what it measured is."""
-    name = signal.Signals(signum).name
-    if not partials:
-        return f"{PROG}: stopped by {name}; nothing written"
-    return (f"{PROG}: stopped by {name}; what it measured is in {', '.join(map(str, partials))} "
-            f"(`{PROG} --render {partials[-1]}` makes its report); no complete result was "
-            f"replaced")
 
 
 def main(argv=None):
@@ -279,5 +248,8 @@ def main(argv=None):
         signum = harness.stop_signal(err)
         if signum is None:
             raise
-        say(stopped_line(signum, partials))
+        stopped = f"{PROG}: stopped by {signum.name}"  # the one line a stopped run leaves
+        say(f"{stopped}; what it measured is in {', '.join(map(str, partials))} (`{PROG} "
+            f"--render {partials[-1]}` makes its report); no complete result was replaced"
+            if partials else f"{stopped}; nothing written")
         raise SystemExit(128 + signum) from None

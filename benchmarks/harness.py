@@ -1,42 +1,46 @@
 """The harness every measurement runs in: how a figure is timed, what the benchmark may do to
-the disk, how it runs a process, and how it stops.
+the disk, how it runs a process, how it stops, and the devices and what ran on them.
 
 Timing: each function's first call alone (compile), a warm-up, then windows of calls ended by a
-device synchronisation, the variants of a measurement interleaved (A B A B ...) so that drift
-hits all alike; median and min-max; beside every window the share of the CPUs that other
-processes took (/proc/stat): on a shared machine torch's OpenMP threads slow down many times
-over, XLA's far less.
+device synchronisation, the variants interleaved (A B A B ...) so that drift hits all alike;
+median and min-max; beside every window the share of the CPUs other processes took
+(/proc/stat): on a shared machine torch's OpenMP threads slow down many times over.
 
-Files: in its out-dir the benchmark replaces only files a benchmark run wrote: a results JSON
-(by its schema key) and, beside one, its report (a `.md` starting with the report's title, a
-Matplotlib `.png`); anything else under a name it would write is refused in one line before
-anything is measured. Each finished figure goes into `<device>.partial.json`; only a complete
-run replaces `<device>.json`, `.md` and `.png` (then removes the partial file).
+Files: the benchmark replaces only what a benchmark run wrote (`ours`); each finished figure goes
+into `<device>.partial.json`, and only a complete run replaces `<device>.{json,md,png}`.
 """
 
 import collections
-import contextlib
+import dataclasses
+import importlib.metadata
 import json
 import math
 import os
+import platform
+import re
 import resource
 import signal
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 
+import jax
+import torch
+
 from benchmarks import REPO
+from flax_impl import backend as flax_backend
+from mnist_common import rundir
+from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError, describe
-from mnist_common.fileio import say, write_text_atomic
+from mnist_common.fileio import foreign, say
+from torch_impl import backend as torch_backend
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
-QUIET = 0.1  # --wait-quiet: at most this share of the CPUs used by other processes
-METHOD = ("each function is called once alone (first call: compile/jit/autotune), then "
-          "warmed up; a repeat is a window of several calls ended by a device "
-          "synchronisation; variants are interleaved A B A B ...; median and min-max "
-          "over repeats")
+METHOD = ("each function is called once alone (first call: compile/jit/autotune), then warmed "
+          "up; a repeat is a window of several calls ended by a device synchronisation; "
+          "variants are interleaved A B A B ...; median and min-max over repeats")
 _STARTED = time.perf_counter()
 SCHEMA = "mnist-cnn-benchmark/1"
 SCALING_SCHEMA = "mnist-cnn-scaling/1"
@@ -102,49 +106,6 @@ class OtherLoad:
         return min(1.0, max(0.0, others / capacity)) if capacity > 0 else None
 
 
-def fmt_share(value):
-    return "n/a" if value is None else f"{100 * value:.0f} %"
-
-
-def wait_for_quiet(limit_seconds):
-    """Wait (up to `limit_seconds`) until other processes use < 10 % of the CPUs for 1 s."""
-    deadline, said = time.perf_counter() + limit_seconds, False
-    while time.perf_counter() < deadline:
-        other_load = OtherLoad()
-        time.sleep(1.0)
-        load = other_load.stop()
-        if load is None or load < QUIET:
-            return
-        if not said:
-            status(f"  waiting for a quiet machine (others use {fmt_share(load)} of the CPUs)")
-            said = True
-    if said:
-        status("  still busy: measuring anyway")
-
-
-def first_calls(cand, settings):
-    """(seconds of the first call, seconds of the last warm-up call) of one candidate."""
-    seconds = []
-    for _ in range(1 + settings.warmup_steps):
-        start = time.perf_counter()
-        cand.sync(cand.call())
-        seconds.append(time.perf_counter() - start)
-    return seconds[0], seconds[-1]
-
-
-def timed_window(cand, calls, settings):
-    """(seconds per call, calls made, others' CPU share) of one window of up to `calls` calls;
-    it ends early past WINDOW_LIMIT_FACTOR x --window-seconds (a machine that got busy)."""
-    longest = WINDOW_LIMIT_FACTOR * settings.window_seconds
-    other_load = OtherLoad()
-    for done in range(1, calls + 1):
-        out = cand.call()
-        if done >= settings.min_steps and other_load.seconds() > longest:
-            break
-    cand.sync(out)
-    return other_load.seconds() / done, done, other_load.stop()
-
-
 def windows_load(results):
     """The other-process CPU shares of every timed window in these timing results."""
     return [load for result in results for load in result.get("other_load_per_window", [])
@@ -152,37 +113,42 @@ def windows_load(results):
 
 
 def time_interleaved(candidates, settings):
-    """Time each candidate: first call alone, warm-up, then `repeats` interleaved windows.
-
+    """Time each candidate: first call alone, warm-up, then `repeats` interleaved windows of
+    calls ended by a synchronisation (early past WINDOW_LIMIT_FACTOR x --window-seconds).
     Returns {name: {"first_call_seconds", "calls_per_window", "other_load_per_window",
-    "seconds_per_call": stats}} or {name: {"error": "..."}} for a candidate that raised.
-    """
-    wait_for_quiet(settings.wait_quiet)
-    results, live = {}, []
+    "seconds_per_call": stats}}, or {name: {"error": "..."}} for a candidate that raised."""
+    results, calls = {}, {}
     for cand in candidates:
         try:
-            first, estimate = first_calls(cand, settings)
+            seconds = []  # the first call, then each warm-up call
+            for _ in range(1 + settings.warmup_steps):
+                start = time.perf_counter()
+                cand.sync(cand.call())
+                seconds.append(time.perf_counter() - start)
         except Exception as err:  # e.g. torch.compile without a working compiler
             results[cand.name] = {"error": describe_error(err)}
             status(f"  {cand.name}: failed: {results[cand.name]['error']}")
             continue
-        calls = max(settings.min_steps, math.ceil(settings.window_seconds / max(estimate, 1e-7)))
-        results[cand.name] = {"first_call_seconds": first, "calls_per_window": [],
+        calls[cand.name] = max(settings.min_steps,
+                               math.ceil(settings.window_seconds / max(seconds[-1], 1e-7)))
+        results[cand.name] = {"first_call_seconds": seconds[0], "calls_per_window": [],
                               "other_load_per_window": [], "samples": []}
-        live.append((cand, calls))
+    longest = WINDOW_LIMIT_FACTOR * settings.window_seconds
     for _ in range(settings.repeats):
-        for cand, calls in live:
-            result = results[cand.name]
-            if "error" in result:
-                continue
+        for cand in (c for c in candidates if "samples" in results[c.name]):
+            window = OtherLoad()
             try:
-                seconds, done, load = timed_window(cand, calls, settings)
+                for done in range(1, calls[cand.name] + 1):
+                    out = cand.call()
+                    if done >= settings.min_steps and window.seconds() > longest:
+                        break
+                cand.sync(out)
             except Exception as err:
                 results[cand.name] = {"error": describe_error(err)}
                 continue
-            result["samples"].append(seconds)
-            result["calls_per_window"].append(done)
-            result["other_load_per_window"].append(load)
+            results[cand.name]["samples"].append(window.seconds() / done)
+            results[cand.name]["calls_per_window"].append(done)
+            results[cand.name]["other_load_per_window"].append(window.stop())
     for result in results.values():
         if "samples" in result:
             result["seconds_per_call"] = summarize(result.pop("samples"))
@@ -199,13 +165,8 @@ def read_results(path):
     return results if ok else None
 
 
-def ours(path):
-    """True when `path` is free, or holds what this benchmark writes under that name."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        return True
-    if path.is_symlink() or not path.is_file():
-        return False
+def _benchmark_file(path):
+    """Whether the regular file `path` holds what this benchmark writes under its name."""
     if path.suffix == ".json":
         return read_results(path) is not None
     if read_results(path.with_suffix(".json")) is None:
@@ -215,6 +176,11 @@ def ours(path):
     if path.suffix == ".md":
         return head.startswith(_TITLES)
     return path.suffix == ".png" and head.startswith(b"\x89PNG") and _MATPLOTLIB_PNG in head
+
+
+def ours(path):
+    """True when `path` is free, or holds what this benchmark writes under that name."""
+    return not foreign(path, _benchmark_file)
 
 
 def output_names(stem):
@@ -235,58 +201,144 @@ def refuse_strangers(directory, names, flag="--out-dir"):
 
 
 def prepare_out_dir(path, names):
-    """Check `names` in `path`, then create it (probed by a real write); returns the
-    directories created, deepest first. A failure leaves nothing created behind."""
-    path, created = Path(path), []
+    """Check `names` in `path`, then create it as `rundir` does; returns the dirs created."""
     refuse_strangers(path, names)
-    try:
-        missing = path.absolute()
-        while not missing.exists() and missing != missing.parent:
-            created.append(missing)
-            missing = missing.parent
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=path, prefix=".probe-").close()
-    except OSError as err:
-        remove_if_empty(created)
-        raise UsageError(f"--out-dir {path}: cannot write there ({err.strerror or err})") from None
-    return created
-
-
-def remove_if_empty(directories):
-    """Remove the directories a run created, deepest first, where it left nothing in them."""
-    for directory in directories:
-        with contextlib.suppress(OSError):
-            directory.rmdir()
-
-
-def write_json(path, results):
-    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+    return rundir.prepare_out_dir(path)[1]
 
 
 def run_process(words, env=None, timeout=None):
-    """The one way the benchmark runs a program: from the repository root, no stdin, output
-    captured. Returns (subprocess.CompletedProcess, wall seconds)."""
+    """The one way the benchmark runs a program (repository root, no stdin, output captured):
+    (subprocess.CompletedProcess, wall seconds)."""
     start = time.perf_counter()
     done = subprocess.run(words, cwd=REPO, env=env, stdin=subprocess.DEVNULL, text=True,
                           capture_output=True, timeout=timeout)
     return done, time.perf_counter() - start
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (as from `timeout`), raised like Ctrl-C: no section catches it."""
-
-
 def handle_sigterm():
-    def terminate(signum, frame):
-        raise Terminated
-
-    signal.signal(signal.SIGTERM, terminate)
+    """SIGTERM (as from `timeout`) exits 143, a SystemExit that no section catches."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def stop_signal(err):
-    """The signal `err` stands for (SIGINT, SIGTERM, or the loop's exit after one), or None."""
+    """The signal `err` stands for (Ctrl-C, or the exit SIGINT or SIGTERM asked for), or None."""
     if isinstance(err, KeyboardInterrupt):
-        return signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        return signal.SIGINT
     if isinstance(err, SystemExit) and err.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         return signal.Signals(err.code - 128)
     return None
+
+
+PACKAGES = ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "numpy", "matplotlib")
+ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
+               "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES", "GLIBC_TUNABLES")
+
+
+@dataclasses.dataclass
+class Device:
+    """One device and each engine's placement on it (either may be absent on a GPU)."""
+
+    kind: str  # "cpu" or "gpu"
+    torch: object  # torch_impl.backend.Placement or None
+    flax: object  # flax_impl.backend.Placement or None
+
+    def torch_sync(self, _result=None):
+        if self.torch is not None and self.torch.device.type == "cuda":
+            torch.cuda.synchronize(self.torch.device)
+
+    def name(self):
+        if self.kind == "cpu":
+            return f"{cpu_model()} ({os.cpu_count()} cores)"
+        if self.torch is not None:
+            return torch.cuda.get_device_name(self.torch.device)
+        return self.flax.device.device_kind
+
+    def slug(self):
+        """The stem of this device's results files: `cpu`, `gpu-nvidia-h100-80gb-hbm3`."""
+        if self.kind == "cpu":
+            return "cpu"
+        return "gpu-" + re.sub(r"[^a-z0-9]+", "-", self.name().lower()).strip("-")
+
+
+def _placement(backend, device, precision):
+    """The engine's placement on `device` with one device (a benchmark times one), or None."""
+    try:
+        return backend.select_placement(device, precision)._replace(group=None)
+    except UsageError:
+        return None
+
+
+def find_devices(requested, precision):
+    """Devices to measure for --device; a GPU asked for but absent is a UsageError."""
+    devices = [Device(kind, _placement(torch_backend, torch_name, precision),
+                      _placement(flax_backend, kind, precision))
+               for kind, torch_name in (("cpu", "cpu"), ("gpu", "cuda"))
+               if requested in (kind, "all")]
+    devices = [d for d in devices if d.torch is not None or d.flax is not None]
+    if requested == "gpu" and not devices:
+        raise UsageError("--device gpu: neither PyTorch nor JAX sees a GPU")
+    return devices
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_versions():
+    """Installed versions of everything that can change a timing, jax's GPU plugins too."""
+    versions = {"python": platform.python_version()}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name in PACKAGES or name.startswith(("jax-cuda", "jax_cuda", "jax-rocm")):
+            versions[name] = dist.version
+    return {**versions, **{name: versions.get(name) for name in PACKAGES}}
+
+
+def load_average():
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def environment(device):
+    """Hardware, threads, versions and settings that a reader needs to trust the numbers."""
+    env = {
+        "versions": package_versions(), "platform": platform.platform(),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "env": {k: os.environ.get(k) for k in ENVIRONMENT},
+        # Applied by the benchmark's main as by the training CLIs; idempotent, so asking again
+        # records whether it holds here.
+        "malloc_keeps_freed_memory": keep_freed_memory(),
+        "load_average": load_average()}
+    if device.kind == "gpu":
+        env.update({  # the TF32 switches as --precision set them through select_placement
+            "gpu_name": device.name(),
+            "torch_cuda": torch.version.cuda,
+            "torch_cudnn": torch.backends.cudnn.version() if device.torch is not None else None,
+            "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "jax_device_kind": device.flax.device.device_kind if device.flax else None})
+    return env
+
+
+def memory(device):
+    """Peak host RSS of this process, and each framework's peak device memory on a GPU."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"host_peak_rss_bytes": rss if sys.platform == "darwin" else rss * 1024,
+           "torch_device_peak_bytes": None, "jax_device_peak_bytes": None}
+    if device.kind == "gpu" and device.torch is not None:
+        out["torch_device_peak_bytes"] = torch.cuda.max_memory_allocated(device.torch.device)
+    if device.kind == "gpu" and device.flax is not None:
+        out["jax_device_peak_bytes"] = (device.flax.device.memory_stats() or {}).get(
+            "peak_bytes_in_use")
+    return out
+

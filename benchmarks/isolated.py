@@ -1,9 +1,7 @@
-"""The isolated measurements, on the engines (`torch_impl.backend`, `flax_impl.backend`): the
-variants timed side by side, FLOPs per image, peak GEMM, the train step and logits per batch
-size, and each conv and linear layer alone. A variant other than the engine's own only swaps a
-piece of the engine's state (the model's memory format, a compiled model, the Flax module), and
-for XLA's defaults jits the same step plainly. A measurement over several batch sizes or layers
-yields (key, figures) as each one is done, so a stopped run keeps them."""
+"""The isolated measurements on the engines: the variants side by side (each swaps one piece of
+the engine's state: memory format, compiled model, Flax module and compiler options), FLOPs,
+peak GEMM, train step and logits per batch size, each layer alone. A measurement over several
+batch sizes or layers yields (key, figures) as each is done, so a stopped run keeps them."""
 
 import dataclasses
 
@@ -13,15 +11,8 @@ import numpy as np
 import torch
 from flax import linen
 
-from benchmarks.environment import memory, reset_torch_peak
-from benchmarks.harness import (
-    Candidate,
-    describe_error,
-    rates,
-    status,
-    time_interleaved,
-    windows_load,
-)
+from benchmarks import harness
+from benchmarks.harness import Candidate, memory, rates, status, time_interleaved
 from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from flax_impl.model import CNN as FlaxCNN
@@ -32,11 +23,9 @@ from torch_impl import backend as torch_backend
 
 VARIANTS = {
     "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
-    "torch-channels-last": "the same with model and input in torch.channels_last memory format "
-                           "(the engine's own format on the CPU)",
+    "torch-channels-last": "the same with model and input channels_last (the engine's on the CPU)",
     "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
-    "flax-jit": "flax_impl.backend's state, train_step and logits under jax.jit, NHWC: the "
-                "model flax_impl.backend.create_model(placement) ships for this device",
+    "flax-jit": "flax_impl.backend's state, train_step and logits, NHWC, as the engine runs here",
     "flax-xla-defaults": "the same step under a plain jax.jit (XLA's default compiler options) "
                          "with flax_impl.model.CNN() at its defaults (Flax's max-pool): what "
                          "the engine changes on the CPU; run only where it changes something",
@@ -45,12 +34,13 @@ BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
 
 
 def default_variant(framework, placement):
-    """The variant the training CLIs run on `placement`: torch's engine trains channels_last on
-    the CPU (`torch_impl.backend.memory_format`)."""
+    """The variant the training CLIs run on `placement` (torch: channels_last on the CPU)."""
     if framework == "flax":
         return "flax-jit"
     channels_last = torch_backend.memory_format(placement) == "channels_last"
     return "torch-channels-last" if channels_last else "torch-eager"
+
+
 BACKENDS = {"torch": torch_backend, "flax": flax_backend}
 TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
 GEMM_SIZE = {"cpu": 2048, "gpu": 8192}
@@ -65,7 +55,7 @@ class Variant:
     """An engine's train state on one device, and how a placed batch is adapted for it."""
 
     name: str
-    framework: str
+    backend: object  # torch_impl.backend or flax_impl.backend
     state: object  # the engine's TrainState; train steps replace it
     placement: object  # the engine's Placement (one device)
     sync: object  # waits for a result of this framework on this device
@@ -73,38 +63,27 @@ class Variant:
     train_step: object = None  # (state, batch) -> (state, metrics); None: the engine's
     logits: object = None  # (state, batch) -> NumPy logits; None: the engine's
 
-    @property
-    def backend(self):
-        return BACKENDS[self.framework]
-
 
 def flax_engine_differs(placement):
-    """True where the engine compiles or builds its model otherwise than a plain jax.jit of
-    the stock module would (the CPU: `flax_impl.xla_cpu`)."""
+    """Whether the Flax engine differs from a plain jax.jit of the stock module (the CPU)."""
     return placement.device.platform == "cpu" or flax_backend.create_model(placement) != FlaxCNN()
 
 
 def torch_variant(name, device, config=TUTORIAL):
     """torch eager NCHW, eager channels_last, or torch.compile over the engine's state."""
     state = torch_backend.create_train_state(config, device.torch)
-    adapt = None
-    channels_last = name == "torch-channels-last"
+    layout = torch.channels_last if name == "torch-channels-last" else torch.contiguous_format
     # In place (the optimizer still fits); eager and compile stay NCHW whatever the engine uses.
-    state.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if channels_last:
-
-        def adapt(batch):
-            return batch[0].contiguous(memory_format=torch.channels_last), batch[1]
-    elif name == "torch-compile":
-        # A fixed shape per batch size, as the tutorial uses: one static graph each.
+    state.model.to(memory_format=layout)
+    if name == "torch-compile":  # a fixed shape per batch size, as the tutorial's: one graph each
         state = state._replace(model=torch.compile(state.model, dynamic=False))
-    return Variant(name, "torch", state, device.torch, device.torch_sync, adapt)
+    return Variant(name, torch_backend, state, device.torch, device.torch_sync,
+                   adapt=lambda batch: (batch[0].contiguous(memory_format=layout), batch[1]))
 
 
 def plain_train_step(state, batch):
-    """The engine's train step (cross-entropy, gradient, Adam update) as a plain function, for
-    a `jax.jit` at XLA's default options; `tests/test_benchmark.py` checks it against
-    `flax_impl.backend.train_step`."""
+    """The engine's train step as a plain function, for a `jax.jit` at XLA's default options
+    (`tests/test_benchmark.py` checks it against `flax_impl.backend.train_step`)."""
     images, labels = batch
 
     def loss_fn(params):
@@ -115,16 +94,15 @@ def plain_train_step(state, batch):
 
 
 def flax_variant(name, device, config=TUTORIAL):
-    """The engine's Flax state and step, or the same step and params under a plain jax.jit
-    with the stock module."""
+    """The engine's Flax state and step, or the same under a plain jax.jit of the stock CNN."""
     state = flax_backend.create_train_state(config, device.flax)
     if name != "flax-xla-defaults":
-        return Variant(name, "flax", state, device.flax, device.jax_sync)
+        return Variant(name, flax_backend, state, device.flax, jax.block_until_ready)
     # Same params and optax transform; only the module and the compiler options differ.
     stock = FlaxCNN()
     state = state.replace(apply_fn=stock.apply)
     forward = jax.jit(stock.apply)
-    return Variant(name, "flax", state, device.flax, device.jax_sync,
+    return Variant(name, flax_backend, state, device.flax, jax.block_until_ready,
                    train_step=jax.jit(plain_train_step),
                    logits=lambda s, batch: np.asarray(forward({"params": s.params}, batch[0])))
 
@@ -147,8 +125,7 @@ def build_variants(device, names):
 
 
 def placed_batch(variant, batch_size, seed=0):
-    """A batch of random MNIST-like data (uint8 (B, 28, 28), int64 labels) cut on the device
-    by the engine, as the CLIs' default in-memory loader cuts real ones."""
+    """Random MNIST-like data (uint8 (B, 28, 28), int64 labels) cut on the device by the engine."""
     rng = np.random.default_rng([seed, batch_size])
     images = rng.integers(0, 256, (batch_size, *INPUT_SHAPE[1:]), dtype=np.uint8)
     split = variant.backend.place_split(variant.placement, images,
@@ -157,52 +134,29 @@ def placed_batch(variant, batch_size, seed=0):
     return variant.adapt(batch) if variant.adapt else batch
 
 
-def train_candidate(variant, batch_size):
-    """One engine train step per call, the loss read back to the host as the loop does."""
+def step_candidate(variant, batch_size, train):
+    """Per call, one train step with the loss read back as the loop does, or (N, 10) logits."""
     batch = placed_batch(variant, batch_size)
     step = variant.train_step or variant.backend.train_step
+    logits = variant.logits or variant.backend.logits
 
-    def call():
+    def train_call():
         variant.state, metrics = step(variant.state, batch)
         return float(metrics["loss"])
 
+    call = train_call if train else lambda: logits(variant.state, batch)
     return Candidate(variant.name, call, variant.sync)
 
 
-def inference_candidate(variant, batch_size):
-    """The engine's logits (N, 10) of one batch per call, back on the host."""
-    batch = placed_batch(variant, batch_size)
-    logits = variant.logits or variant.backend.logits
-    return Candidate(variant.name, lambda: logits(variant.state, batch), variant.sync)
-
-
-def xla_forward_flops(batch=256):
-    """XLA's cost analysis of the stock Flax forward, per image (it adds bias, ReLU, pooling)."""
-    channels, height, width = architecture.INPUT_SHAPE
-    model = FlaxCNN()
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32))
-    x = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32)  # NHWC
-    cost = jax.jit(model.apply).lower(params, x).cost_analysis()
-    return (cost[0] if isinstance(cost, list) else cost)["flops"] / batch
-
-
 def flop_counts():
-    """FLOPs per image (forward and training) and the per-layer breakdown, from the layer table
-    both models check themselves against, with XLA's own count beside it."""
+    """FLOPs per image, forward and training, and per layer, from `architecture.LAYERS`."""
     forward = 2 * architecture.FORWARD_MULTIPLY_ADDS
-    counts = {"convention": CONVENTION, "forward_per_image": forward,
-              "train_per_image": 3 * forward, "layers": [
-                  {"layer": layer.key, "kind": layer.kind, "input_shape": list(layer.in_shape),
-                   "output_shape": list(layer.out_shape), "macs_per_image": layer.multiply_adds,
-                   "forward_flops_per_image": 2 * layer.multiply_adds}
-                  for layer in architecture.LAYERS]}
-    try:
-        counts["xla_cost_analysis_forward_per_image"] = xla_forward_flops()
-    except Exception as err:
-        counts["xla_cost_analysis_forward_per_image"] = None
-        counts["xla_cost_analysis_error"] = describe_error(err)
-    return counts
+    return {"convention": CONVENTION, "forward_per_image": forward, "train_per_image": 3 * forward,
+            "layers": [{"layer": layer.key, "kind": layer.kind, "input_shape": list(layer.in_shape),
+                        "output_shape": list(layer.out_shape),
+                        "macs_per_image": layer.multiply_adds,
+                        "forward_flops_per_image": 2 * layer.multiply_adds}
+                       for layer in architecture.LAYERS]}
 
 
 def measure_gemm(device, settings):
@@ -218,7 +172,7 @@ def measure_gemm(device, settings):
     if device.flax is not None:
         a_j, b_j = jax.device_put((a_np, b_np), device.flax.device)
         matmul = jax.jit(jnp.matmul)
-        candidates.append(Candidate("jax", lambda: matmul(a_j, b_j), device.jax_sync))
+        candidates.append(Candidate("jax", lambda: matmul(a_j, b_j), jax.block_until_ready))
     out = {"size": n, "flops_per_call": 2 * n**3}
     for name, result in time_interleaved(candidates, settings).items():
         if "error" not in result:
@@ -227,26 +181,17 @@ def measure_gemm(device, settings):
     return out
 
 
-def peak_gflops(gemm):
-    """The device's measured peak: torch's float32 GEMM median, else jnp's."""
-    for name in ("torch", "jax"):
-        if "gflop_per_second" in gemm.get(name, {}):
-            return gemm[name]["gflop_per_second"]["median"]
-    return None
-
-
 def per_batch(device, variants, settings, kind, flops, peak):
-    """Yields (batch, {variant: timing with rates}) of train steps (kind "train") or logits
-    ("inference"), the variants interleaved."""
+    """Yields (batch, {variant: timing with rates}) of train steps or logits, interleaved."""
     train = kind == "train"
     batch_sizes = settings.train_batch_sizes if train else settings.inference_batch_sizes
-    candidate = train_candidate if train else inference_candidate
     flops_per_image = flops["train_per_image" if train else "forward_per_image"]
     for batch_size in batch_sizes:
         status(f"[{device.kind}] {'training' if train else 'inference'}, batch {batch_size}: "
                f"{', '.join(variants)}")
-        reset_torch_peak(device)
-        timed = time_interleaved([candidate(v, batch_size) for v in variants.values()],
+        if device.kind == "gpu" and device.torch is not None:  # peaks of this batch size alone
+            torch.cuda.reset_peak_memory_stats(device.torch.device)
+        timed = time_interleaved([step_candidate(v, batch_size, train) for v in variants.values()],
                                  settings)
         snapshot = memory(device)
         for result in (r for r in timed.values() if "error" not in r):
@@ -263,10 +208,15 @@ def per_batch(device, variants, settings, kind, flops, peak):
             for name, result in timed.items()))
 
 
+def milliseconds(result):
+    """The median, min and max of one timing, ms per call."""
+    return {k: 1e3 * result["seconds_per_call"][k] for k in ("median", "min", "max")}
+
+
 def latency(inference):
     """Single-image latency (ms) per variant, from the batch-1 inference windows."""
-    return {name: {k: 1e3 * result["seconds_per_call"][k] for k in ("median", "min", "max")}
-            for name, result in inference.get(1, {}).items() if "error" not in result}
+    return {name: milliseconds(result) for name, result in inference.get(1, {}).items()
+            if "error" not in result}
 
 
 def torch_layer_candidates(row, device, batch_size, module):
@@ -275,9 +225,9 @@ def torch_layer_candidates(row, device, batch_size, module):
     grad = torch.rand((batch_size, *row["output_shape"]), device=device.torch.device)
     x_grad = x.clone().requires_grad_(row["layer"] != "layer.0")  # the image needs no gradient
 
+    @torch.no_grad()
     def forward():
-        with torch.no_grad():
-            return module(x)
+        return module(x)
 
     def forward_backward():
         module.zero_grad(set_to_none=True)
@@ -287,20 +237,14 @@ def torch_layer_candidates(row, device, batch_size, module):
             Candidate("torch", forward_backward, device.torch_sync))
 
 
-def flax_layer(row, batch_size):
-    """(module, input shape, output shape) of one layer, NHWC."""
-    if row["kind"] == "conv":
-        (c_in, h, w), (c_out, h_out, w_out) = row["input_shape"], row["output_shape"]
-        kernel = architecture.layer(row["layer"]).kernel
-        module = linen.Conv(c_out, kernel_size=(kernel, kernel), padding="VALID")
-        return module, (batch_size, h, w, c_in), (batch_size, h_out, w_out, c_out)
-    module = linen.Dense(row["output_shape"][0])
-    return module, (batch_size, *row["input_shape"]), (batch_size, *row["output_shape"])
-
-
 def flax_layer_candidates(row, device, batch_size, name, jit):
     """Flax forward and forward+backward (vjp) of one layer (NHWC input), jitted by `jit`."""
-    module, x_shape, y_shape = flax_layer(row, batch_size)
+    kernel = architecture.layer(row["layer"]).kernel
+    module = (linen.Conv(row["output_shape"][0], (kernel, kernel), padding="VALID")
+              if row["kind"] == "conv" else linen.Dense(row["output_shape"][0]))
+    x_shape, y_shape = ((batch_size, *shape[1:], shape[0]) if len(shape) == 3  # (C, H, W): NHWC
+                        else (batch_size, *shape)
+                        for shape in (row["input_shape"], row["output_shape"]))
     key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.device_put(jax.random.uniform(key_x, x_shape), device.flax.device)
     grad = jax.device_put(jax.random.uniform(key_g, y_shape), device.flax.device)
@@ -310,18 +254,16 @@ def flax_layer_candidates(row, device, batch_size, name, jit):
 
     @jit
     def forward_backward(params, x, grad):
-        if needs_input_grad:
-            y, vjp = jax.vjp(module.apply, params, x)
-        else:
-            y, vjp = jax.vjp(lambda p: module.apply(p, x), params)
+        y, vjp = (jax.vjp(module.apply, params, x) if needs_input_grad
+                  else jax.vjp(lambda p: module.apply(p, x), params))
         return y, vjp(grad)  # y too: a linear layer's vjp does not need it, XLA would drop it
 
-    return (Candidate(name, lambda: forward(params, x), device.jax_sync),
-            Candidate(name, lambda: forward_backward(params, x, grad), device.jax_sync))
+    return (Candidate(name, lambda: forward(params, x), jax.block_until_ready),
+            Candidate(name, lambda: forward_backward(params, x, grad), jax.block_until_ready))
 
 
 def layer_candidates(row, device, batch_size, torch_modules):
-    """Forward candidates then forward+backward candidates of one layer, named impl/pass."""
+    """Forward candidates, then forward+backward ones, of one layer, named impl/pass."""
     pairs = []
     if device.torch is not None:
         pairs.append(torch_layer_candidates(row, device, batch_size, torch_modules[row["layer"]]))
@@ -336,23 +278,17 @@ def layer_candidates(row, device, batch_size, torch_modules):
 
 
 def layer_entry(row, timed):
-    """One row of the results: ms per pass and implementation, first calls, others' load."""
-    entry = {**row, "forward_ms": {}, "forward_backward_ms": {}, "first_call_seconds": {},
-             "other_load": max(windows_load(timed.values()), default=None)}
+    """One row of the results: ms per pass and implementation (or its error), others' load."""
+    entry = {**row, "forward_ms": {}, "forward_backward_ms": {},
+             "other_load": max(harness.windows_load(timed.values()), default=None)}
     for name, result in timed.items():
         impl, pass_ = name.split("/")
-        if "error" in result:
-            entry[f"{pass_}_ms"][impl] = {"error": result["error"]}
-            continue
-        per_call = result["seconds_per_call"]
-        entry[f"{pass_}_ms"][impl] = {k: 1e3 * per_call[k] for k in ("median", "min", "max")}
-        entry["first_call_seconds"][f"{impl}/{pass_}"] = result["first_call_seconds"]
+        entry[f"{pass_}_ms"][impl] = result if "error" in result else milliseconds(result)
     return entry
 
 
 def measure_layers(device, settings, flops):
-    """Yields the batch size, the note, then the rows so far after each layer: torch vs Flax
-    as the engine jits it vs Flax under a plain jax.jit."""
+    """Yields the batch size, the note, then the rows so far after each layer."""
     batch_size = settings.layer_batch_size
     torch_modules = ({} if device.torch is None else
                      dict(torch_backend.create_model(device.torch).named_modules()))

@@ -3,12 +3,19 @@ as a figure (training and inference images/s per batch size and variant)."""
 
 import numpy as np
 
-from benchmarks.harness import fmt_share, windows_load
+from benchmarks.harness import windows_load
 from benchmarks.isolated import BASELINE
 from benchmarks.training import TARGET_ACCURACY
 from mnist_common.fileio import atomic_path
 
 BUSY_WARNING = 0.05  # other processes above this share of the CPUs: the figure is suspect
+THROUGHPUT = (("train", "Training step (forward, loss, backward, Adam)", "training step"),
+              ("inference", "Inference (logits)", "inference (logits)"))  # key, heading, plot
+
+
+def fmt(value, spec, missing="—"):
+    """`value` formatted by `spec`, or `missing` when there is none."""
+    return missing if value is None else format(value, spec)
 
 
 def fmt_rate(stats):
@@ -20,8 +27,8 @@ def fmt_ms(stats):
         f"{stats['median']:.3g} ({stats['min']:.3g}–{stats['max']:.3g})")
 
 
-def fmt_load(load):
-    return "/".join(f"{x:.2f}" for x in load) if load else "n/a"
+def fmt_share(value):
+    return "n/a" if value is None else f"{100 * value:.0f} %"
 
 
 def table(header, rows):
@@ -29,9 +36,15 @@ def table(header, rows):
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def ran(results):
+    """The variants that ran, in the order of the results."""
+    return [name for name, v in results.get("variants", {}).items() if v["status"] == "ok"]
+
+
 def section_ok(results, key):
-    """True when a measured section is present and did not fail."""
-    return isinstance(results.get(key), dict) and "error" not in results[key]
+    """True when a section was measured (it is there, and neither skipped nor failed)."""
+    section = results.get(key)
+    return bool(section) and isinstance(section, dict) and not {"error", "skipped"} & set(section)
 
 
 def throughput_table(section, names):
@@ -42,13 +55,11 @@ def throughput_table(section, names):
     for name in names:
         row = [name]
         for entries in section.values():
-            entry, base = entries.get(name), entries.get(BASELINE, {})
-            if entry is None or "error" in entry:
-                row += ["—" if entry is None else "failed", ""]
-                continue
-            ratio = (entry["images_per_second"]["median"] / base["images_per_second"]["median"]
-                     if "images_per_second" in base else None)
-            row += [fmt_rate(entry["images_per_second"]), "" if ratio is None else f"{ratio:.2f}×"]
+            rate, base = (entries.get(n, {}).get("images_per_second") for n in (name, BASELINE))
+            if rate is None:
+                row += ["failed" if name in entries else "—", ""]
+            else:
+                row += [fmt_rate(rate), f"{rate['median'] / base['median']:.2f}×" if base else ""]
         rows.append(row)
     return table(header, rows)
 
@@ -63,13 +74,6 @@ def other_loads(value):
     return own + windows_load([value]) + other_loads(list(value.values()))
 
 
-def section_load_line(section):
-    """Other processes' largest share of the CPUs per batch size (train/inference tables)."""
-    return ("Other processes' largest share of the CPUs during a timed window: " + ", ".join(
-        f"batch {batch} {fmt_share(max(windows_load(entries.values()), default=None))}"
-        for batch, entries in section.items()) + ".")
-
-
 def title_lines(results):
     """Title, machine, versions, load, precision and the method."""
     env, versions = results["environment"], results["environment"]["versions"]
@@ -79,14 +83,15 @@ def title_lines(results):
     if results["device"] == "cpu":
         precision += " (a CPU computes float32 either way)."
     else:
-        machine += (f"; GPU {env.get('gpu_name')}, driver {env.get('nvidia_driver')}, "
-                    f"CUDA {env.get('torch_cuda')}")
+        driver = f", driver {env['nvidia_driver']}" if env.get("nvidia_driver") else ""
+        machine += f"; GPU {env.get('gpu_name')}{driver}, CUDA {env.get('torch_cuda')}"
         precision += (f", set through the engines' `select_placement`: torch matmul TF32 "
                       f"{env.get('torch_matmul_allow_tf32')}, cuDNN conv TF32 "
                       f"{env.get('torch_cudnn_allow_tf32')}; JAX default matmul precision "
                       f"{env.get('jax_default_matmul_precision')}.")
-    load = (f"Load average at start {fmt_load(env.get('load_average'))}, at end "
-            f"{fmt_load(env.get('load_average_end'))}")
+    load = "Load average at start {}, at end {}".format(*(
+        "/".join(f"{x:.2f}" for x in env[key]) if env.get(key) else "n/a"
+        for key in ("load_average", "load_average_end")))
     if "process_cpu_seconds" in env:
         load += (f"; this process got {env['process_cpu_seconds']:.0f} CPU-seconds in "
                  f"{results['wall_seconds']:.0f} s of wall time")
@@ -118,9 +123,6 @@ def header_lines(results):
     lines += [f"- `{name}`: {v.get('description', '')}"
               f"{'' if v['status'] == 'ok' else ' — not run: ' + v['reason']}."
               for name, v in results.get("variants", {}).items()]
-    if results["environment"].get("flax_model"):
-        lines.append("- The engine's Flax model uses: " + ", ".join(
-            f"{k} = `{v}`" for k, v in results["environment"]["flax_model"].items()) + ".")
     return lines + [""]
 
 
@@ -132,31 +134,33 @@ def gflops_cell(entry):
 
 
 def throughput_lines(results, names):
-    """Training images/s with ratios and GFLOP/s; inference images/s and the latency."""
+    """Images/s with ratios of the train step and of logits; training GFLOP/s; the latency."""
     lines = []
-    if section_ok(results, "train"):
-        train, flops = results["train"], results["flops"]
-        rows = [[name] + [gflops_cell(e.get(name, {})) for e in train.values()] for name in names]
-        lines += ["## Training step (forward, loss, backward, Adam), images/s", "",
-                  throughput_table(train, names), "",
-                  f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
-                  f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
-                  table(["variant"] + [f"batch {b}" for b in train], rows), "",
-                  section_load_line(train), ""]
-    if section_ok(results, "inference"):
-        lines += ["## Inference (logits), images/s", "",
-                  throughput_table(results["inference"], names), "",
-                  section_load_line(results["inference"]), ""]
-        if results.get("latency_ms"):
-            lines += ["Single-image latency, ms: " + "; ".join(
-                f"{n} {fmt_ms(s)}" for n, s in results["latency_ms"].items()) + ".", ""]
+    for key, heading, _ in THROUGHPUT:
+        if not section_ok(results, key):
+            continue
+        section = results[key]
+        lines += [f"## {heading}, images/s", "", throughput_table(section, names), ""]
+        if key == "train":
+            flops = results["flops"]
+            rows = [[name] + [gflops_cell(e.get(name, {})) for e in section.values()]
+                    for name in names]
+            lines += [f"Achieved GFLOP/s (% of peak GEMM). {flops['convention']}: "
+                      f"{flops['train_per_image'] / 1e6:.1f} MFLOP per training image.", "",
+                      table(["variant"] + [f"batch {b}" for b in section], rows), ""]
+        loads = ", ".join(f"batch {batch} {fmt_share(max(windows_load(e.values()), default=None))}"
+                          for batch, e in section.items())  # the largest of each batch size
+        lines += [f"Other processes' largest share of the CPUs during a timed window: {loads}.", ""]
+    if results.get("latency_ms"):
+        lines += ["Single-image latency, ms: " + "; ".join(
+            f"{n} {fmt_ms(s)}" for n, s in results["latency_ms"].items()) + ".", ""]
     return lines
 
 
 def first_call_table(results, names):
     """First-call seconds (compile / jit / autotune) of every timed step."""
-    columns = {f"{label} {batch}": entries for key, label in (("train", "train"),
-                                                              ("inference", "infer"))
+    columns = {f"{label} {batch}": entries
+               for key, label in (("train", "train"), ("inference", "infer"))
                if section_ok(results, key) for batch, entries in results[key].items()}
     rows = [[name] + [f"{c[name]['first_call_seconds']:.2f}" if "first_call_seconds"
                       in c.get(name, {}) else c.get(name, {}).get("error", "—")
@@ -167,8 +171,6 @@ def first_call_table(results, names):
 
 def layers_table(layers):
     """Per-layer forward and forward+backward ms, torch vs Flax (vs XLA's defaults)."""
-    if not layers or "error" in layers or "skipped" in layers:
-        return []
     impls = list(dict.fromkeys(impl for row in layers["rows"] for impl in row["forward_ms"]))
     header = (["layer", "input (C,H,W)"] + [f"{i} fwd ms" for i in impls]
               + [f"{i} fwd+bwd ms" for i in impls] + ["flax/torch fwd+bwd", "others' CPU"])
@@ -189,15 +191,10 @@ def layers_table(layers):
 
 def end_to_end_lines(e2e):
     """One epoch through the CLIs' loop, beside the isolated step at the same batch size."""
-    if not e2e or "skipped" in e2e or "error" in e2e:
-        return ["## End to end: one real MNIST epoch", "",
-                f"Not run: {e2e.get('skipped') or e2e.get('error')}", ""] if e2e else []
     rows = [[framework, e["variant"], e["steps"], f"{e['train_seconds']:.1f}",
              f"{e['train_images_per_second']:,.0f}",
-             "—" if e.get("isolated_step_images_per_second") is None
-             else f"{e['isolated_step_images_per_second']:,.0f}",
-             "" if e.get("end_to_end_vs_isolated") is None
-             else f"{e['end_to_end_vs_isolated']:.2f}",
+             fmt(e.get("isolated_step_images_per_second"), ",.0f"),
+             fmt(e.get("end_to_end_vs_isolated"), ".2f", ""),
              f"{100 * e['test_accuracy']:.2f} %", fmt_share(e.get("other_load"))]
             for framework, e in e2e.items()]
     return ["## End to end: one real MNIST epoch through the CLIs' loop"
@@ -205,21 +202,18 @@ def end_to_end_lines(e2e):
             else "## End to end: real MNIST, the first steps of epoch 1 (--quick)", "",
             "The CLIs' loop (`mnist_common.loop`) with the engine, as `python -m "
             "<framework>_impl.train --epochs 1` runs it (in-memory loader, batch 256, the loss "
-            "read every step; compile included, evaluation not): its metrics' `train_seconds`, "
-            "`train_images_per_second` and `test_accuracy`, beside the isolated train step.", "",
+            "read every step; compile included, evaluation not), beside the isolated step.", "",
             table(["framework", "variant", "steps", "train seconds", "images/s",
                    "isolated step images/s", "end to end / isolated", "test accuracy after",
                    "others' CPU"], rows), ""]
 
 
 def time_to_accuracy_lines(tta):
-    if not tta or "skipped" in tta or "error" in tta:
-        return ["## Time to accuracy", "", f"Failed: {tta['error']}", ""] if "error" in tta \
-            else []
+    """Per variant: seconds and epochs until the target accuracy, the first dispatch."""
     rows = [[name, f"{t['seconds_to_target']:.1f}" if t["reached"] else "not reached",
              t["epochs_to_target"] or f"> {t['max_epochs']}",
              f"{100 * t['epochs'][-1]['test_accuracy']:.2f} %",
-             "—" if t.get("first_call_seconds") is None else f"{t['first_call_seconds']:.1f}",
+             fmt(t.get("first_call_seconds"), ".1f"),
              fmt_share(t.get("other_load"))] for name, t in tta.items()]
     return [f"## Time to {100 * TARGET_ACCURACY:.1f} % test accuracy (the CLIs' loop stopped at "
             f"the first epoch that reaches it, tutorial settings, data on the device; compile "
@@ -230,9 +224,6 @@ def time_to_accuracy_lines(tta):
 
 def cli_lines(cli):
     """The training CLIs as fresh processes: training seconds, process seconds, accuracy."""
-    if not cli or "skipped" in cli or "error" in cli:
-        return ["## The training CLIs", "", f"Failed: {cli['error']}", ""] if "error" in cli \
-            else []
     rows = []
     for framework, runs in cli.items():
         for precision, run in runs.items():
@@ -244,8 +235,8 @@ def cli_lines(cli):
                          f"{seconds:.1f}" if seconds is not None
                          else f"({run['train_seconds']:.1f}, not 10 epochs)",
                          f"{run['process_seconds']:.1f}",
-                         f"{run['first_call_seconds']:.2f}" if run["first_call_recorded"]
-                         else "not recorded", f"{100 * run['test_accuracy']:.2f} %"])
+                         fmt(run["first_call_seconds"], ".2f"),
+                         f"{100 * run['test_accuracy']:.2f} %"])
     return ["## The training CLIs, fresh processes (`python -m <framework>_impl.train`)", "",
             table(["framework", "precision", "steps", "10-epoch training s", "process s",
                    "first call s", "test accuracy"], rows), ""]
@@ -260,33 +251,33 @@ def memory_lines(results):
         snapshot = next((e["memory"] for e in entries.values() if "memory" in e), {})
         cells = [snapshot.get(k) for k in ("torch_device_peak_bytes", "jax_device_peak_bytes")]
         if any(c is not None for c in cells):
-            rows.append([batch] + [f"{c / 2**20:,.0f}" if c is not None else "—" for c in cells])
-    return ["## Memory", "", f"Peak host RSS of the whole run: "
-            f"{results['memory']['host_peak_rss_bytes'] / 2**20:,.0f} MiB.", ""] + ([
-                "Device memory after training at each batch size, MiB (torch: peak allocated "
-                "over its variants together; JAX: peak in use since start):", "",
-                table(["batch", "torch peak", "JAX peak"], rows), ""] if rows else [])
+            rows.append([batch] + [fmt(c and c / 2**20, ",.0f") for c in cells])
+    lines = ["## Memory", "", f"Peak host RSS of the whole run: "
+             f"{results['memory']['host_peak_rss_bytes'] / 2**20:,.0f} MiB.", ""]
+    return lines + (["Device memory after training at each batch size, MiB (torch: peak "
+                     "allocated over its variants together; JAX: peak in use since start):", "",
+                     table(["batch", "torch peak", "JAX peak"], rows), ""] if rows else [])
 
 
-def error_lines(results):
-    """Every failed section, and every failed variant at a batch size, with its message."""
-    errors = [f"- {key}: {value['error']}" for key, value in results.items()
-              if isinstance(value, dict) and "error" in value]
-    errors += [f"- {key}, batch {batch}, {name}: {entry['error']}"
-               for key in ("train", "inference") if section_ok(results, key)
-               for batch, entries in results[key].items()
-               for name, entry in entries.items() if "error" in entry]
-    return ["## Errors", "", *errors, ""] if errors else []
+def not_run_lines(results):
+    """Each section that was not run, and why; each that failed, with its message (a variant
+    that failed has its message in the first-call table)."""
+    notes = [f"- {key}: not run: {v['skipped']}" if "skipped" in v else f"- {key}: failed: "
+             f"{v['error']}" for key, v in results.items()
+             if isinstance(v, dict) and {"skipped", "error"} & set(v)]
+    return ["## Not run or failed", "", *notes, ""] if notes else []
 
 
 def markdown(results):
     """The whole report of one device."""
-    names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
-    parts = (header_lines(results) + throughput_lines(results, names)
-             + first_call_table(results, names) + layers_table(results.get("layers", {}))
-             + end_to_end_lines(results.get("end_to_end", {})) + cli_lines(results.get("cli", {}))
-             + time_to_accuracy_lines(results.get("time_to_accuracy", {}))
-             + memory_lines(results) + error_lines(results))
+    names = ran(results)
+    parts = header_lines(results) + throughput_lines(results, names)
+    parts += first_call_table(results, names)
+    for key, section_lines in (("layers", layers_table), ("end_to_end", end_to_end_lines),
+                               ("cli", cli_lines), ("time_to_accuracy", time_to_accuracy_lines)):
+        if section_ok(results, key):
+            parts += section_lines(results[key])
+    parts += memory_lines(results) + not_run_lines(results)
     if not results.get("complete"):
         parts.append("**Interrupted: these are the sections finished before the stop.**")
     parts.append(f"Whole run on this device: {results.get('wall_seconds', 0):.0f} s.")
@@ -295,13 +286,11 @@ def markdown(results):
 
 def scaling_markdown(results):
     """The table of `run.py scaling`: images/s on 1 and N processes / devices."""
-    rows = []
-    for row in results["rows"]:
-        one = next(r for r in results["rows"]
-                   if r["framework"] == row["framework"] and r["count"] == results["counts"][0])
-        rows.append([row["framework"], row["count"], f"{row['images_per_second']:,.0f}",
-                     f"{row['images_per_second'] / one['images_per_second']:.2f}",
-                     f"{row['final_loss']:.4f}", row["device"]])
+    one = {r["framework"]: r["images_per_second"] for r in results["rows"]
+           if r["count"] == results["counts"][0]}
+    rows = [[r["framework"], r["count"], f"{r['images_per_second']:,.0f}",
+             f"{r['images_per_second'] / one[r['framework']]:.2f}", f"{r['final_loss']:.4f}",
+             r["device"]] for r in results["rows"]]
     return "\n".join([
         f"# Data-parallel scaling ({results['device']}), measured {results['date']}", "",
         f"`python {results['command']}`: {results['steps']} steps at global batch 256 on real "
@@ -314,28 +303,21 @@ def _bars(ax, results, key, names, width):
     """One group of bars per batch size, one bar per variant (min–max as error bars)."""
     batches = list(results[key])
     for i, name in enumerate(names):
-        medians, low, high = [], [], []
-        for batch in batches:
-            stats = results[key][batch].get(name, {}).get("images_per_second")
-            medians.append(stats["median"] if stats else np.nan)
-            low.append(stats["median"] - stats["min"] if stats else 0)
-            high.append(stats["max"] - stats["median"] if stats else 0)
+        stats = [results[key][b].get(name, {}).get("images_per_second") or {} for b in batches]
+        medians = np.array([s.get("median", np.nan) for s in stats])
+        errors = [medians - [s.get("min", np.nan) for s in stats],
+                  [s.get("max", np.nan) for s in stats] - medians]
         xs = np.arange(len(batches)) + (i - (len(names) - 1) / 2) * width
-        ax.bar(xs, medians, width, yerr=[low, high], capsize=2, label=name)
+        ax.bar(xs, medians, width, yerr=np.nan_to_num(errors), capsize=2, label=name)
     ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
 
 
 def plot(results, path):
-    """Bar charts of training and inference images/s per batch size, written atomically to
-    `path` (an ImportError without Matplotlib)."""
+    """Bar charts of training and inference images/s per batch size, atomically to `path`."""
     from mnist_common.plotting import pyplot
 
-    plt = pyplot()
-
-    names = [n for n, v in results.get("variants", {}).items() if v["status"] == "ok"]
-    sections = [(key, title) for key, title in (("train", "training step"),
-                                                ("inference", "inference (logits)"))
-                if section_ok(results, key)]
+    plt, names = pyplot(), ran(results)
+    sections = [(key, title) for key, _, title in THROUGHPUT if section_ok(results, key)]
     fig, axes = plt.subplots(1, max(len(sections), 1), figsize=(12, 4.5), dpi=100, squeeze=False)
     for ax, (key, title) in zip(axes[0], sections, strict=False):
         _bars(ax, results, key, names, 0.8 / max(len(names), 1))

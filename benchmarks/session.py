@@ -1,64 +1,35 @@
 """One device, start to end: every section in order, each finished figure saved at once."""
 
 import datetime
+import functools
+import json
 import sys
 import time
 import traceback
 
-import numpy as np
 import torch
 
-from benchmarks import PROG, training
-from benchmarks.environment import environment, load_average, memory
-from benchmarks.harness import (
-    METHOD,
-    SCHEMA,
-    describe_error,
-    process_cpu_seconds,
-    status,
-)
-from benchmarks.isolated import (
-    BASELINE,
-    VARIANTS,
-    build_variants,
-    flop_counts,
-    latency,
-    measure_gemm,
-    measure_layers,
-    peak_gflops,
-    per_batch,
-)
+from benchmarks import PROG, harness, isolated, training
 from mnist_common import data
 
 
 def jsonable(value):
-    """Results with int keys made strings and NumPy scalars made Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
+    """The results as their JSON reads back: int keys made strings, NumPy scalars numbers."""
+    return json.loads(json.dumps(value, default=lambda scalar: scalar.item()))
 
 
 def start_results(device, settings):
     """What ran where and how, before anything is measured."""
-    return {"schema": SCHEMA, "device": device.slug(), "device_name": device.name(),
+    return {"schema": harness.SCHEMA, "device": device.slug(), "device_name": device.name(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([PROG, *sys.argv[1:]]), "quick": settings.quick,
             "precision": settings.precision, "complete": False,
-            "environment": environment(device),
-            "method": {"timing": METHOD, "repeats": settings.repeats,
+            "environment": harness.environment(device),
+            "method": {"timing": harness.METHOD, "repeats": settings.repeats,
                        "window_seconds": settings.window_seconds,
                        "min_calls_per_window": settings.min_steps,
                        "warmup_calls": settings.warmup_steps,
-                       "wait_quiet_seconds": settings.wait_quiet,
-                       "train_step": "the engine's train_step with the loss read back to the "
-                                     "host each step, synthetic data cut on the device by the "
-                                     "engine",
-                       "inference": "the engine's logits (no loss), back on the host",
-                       "end_to_end": "the CLIs' loop (mnist_common.loop), one epoch, in this "
-                                     "process after the isolated measurements",
-                       "ratio": f"variant median / {BASELINE} median"}}
+                       "ratio": f"variant median / {isolated.BASELINE} median"}}
 
 
 class Session:
@@ -67,16 +38,16 @@ class Session:
     def __init__(self, device, settings, data_root, data_problem, save):
         self.device, self.settings, self.save = device, settings, save
         self.data_root, self.data_problem = data_root, data_problem
-        self.started, self.cpu_started = time.perf_counter(), process_cpu_seconds()
-        self.results, self._splits = start_results(device, settings), None
+        self.started, self.cpu_started = time.perf_counter(), harness.process_cpu_seconds()
+        self.results = start_results(device, settings)
 
     def saved(self):
         self.results["wall_seconds"] = time.perf_counter() - self.started
         self.save(jsonable(self.results))
 
     def section(self, key, function, *args):
-        """results[key] from `function(*args)`: a dict, or (name, figures) pairs, each saved as
-        it comes; an exception becomes {"error": …}."""
+        """results[key] from `function(*args)` (a dict, or (name, figures) pairs, each saved as
+        it comes); an exception becomes {"error": …} beside what was measured."""
         self.results[key] = part = {}
         try:
             produced = function(*args)
@@ -84,8 +55,8 @@ class Session:
                 part[name] = figures
                 self.saved()
         except Exception as err:  # what was measured before it stays beside the error
-            self.results[key] = {**part, "error": describe_error(err)}
-            status(f"{key} failed: {self.results[key]['error']}")
+            self.results[key] = {**part, "error": harness.describe_error(err)}
+            harness.status(f"{key} failed: {self.results[key]['error']}")
             traceback.print_exc(file=sys.stderr)
         self.saved()
 
@@ -95,47 +66,46 @@ class Session:
             return self.section(key, measure)
         self.results[key] = {"skipped": why_not if not wanted else self.data_problem}
 
+    @functools.cached_property
     def splits(self):
         """(data root, train arrays, test arrays), read once."""
-        if self._splits is None:
-            self._splits = (self.data_root, data.load_arrays(self.data_root, train=True),
-                            data.load_arrays(self.data_root, train=False))
-        return self._splits
+        return (self.data_root, data.load_arrays(self.data_root, train=True),
+                data.load_arrays(self.data_root, train=False))
 
-    def isolated(self):
+    def run_isolated(self):
         """Peak GEMM, the variants' train steps and logits, the layers alone."""
         device, settings, results = self.device, self.settings, self.results
-        status(f"[{device.kind}] {device.name()}: FLOP count and peak GEMM")
-        results["flops"] = flops = flop_counts()
-        self.section("peak_gemm", measure_gemm, device, settings)
-        results["peak_gflop_per_second"] = peak = peak_gflops(results["peak_gemm"])
+        harness.status(f"[{device.kind}] {device.name()}: FLOP count and peak GEMM")
+        results["flops"] = flops = isolated.flop_counts()
+        self.section("peak_gemm", isolated.measure_gemm, device, settings)
+        gemm = results["peak_gemm"]  # the device's peak: torch's float32 GEMM median, else jnp's
+        results["peak_gflop_per_second"] = peak = next(
+            (gemm[name]["gflop_per_second"]["median"] for name in ("torch", "jax")
+             if "gflop_per_second" in gemm.get(name, {})), None)
         torch.manual_seed(0)
-        variants, skipped = build_variants(device, settings.variants)
-        results["variants"] = {name: {"framework": name.split("-")[0], "status": "ok",
-                                      "description": VARIANTS[name]} for name in variants}
-        results["variants"].update({name: {"framework": name.split("-")[0], "status": "skipped",
-                                           "description": VARIANTS[name], "reason": reason}
-                                    for name, reason in skipped.items()})
+        variants, skipped = isolated.build_variants(device, settings.variants)
+        results["variants"] = {
+            name: {"framework": name.split("-")[0], "description": isolated.VARIANTS[name],
+                   **({"status": "ok"} if name in variants else
+                      {"status": "skipped", "reason": skipped[name]})}
+            for name in [*variants, *skipped]}
         for key in ("train", "inference"):
-            self.section(key, per_batch, device, variants, settings, key, flops, peak)
+            self.section(key, isolated.per_batch, device, variants, settings, key, flops, peak)
         if "error" not in results["inference"]:
-            results["latency_ms"] = latency(results["inference"])
+            results["latency_ms"] = isolated.latency(results["inference"])
         if settings.layers:
-            self.section("layers", measure_layers, device, settings, flops)
+            self.section("layers", isolated.measure_layers, device, settings, flops)
         else:
             results["layers"] = {"skipped": "--no-layers"}
 
-    def real_data(self):
+    def run_real_data(self):
         """End to end, time to accuracy, the CLIs: the sections that train on real MNIST."""
         device, settings, results = self.device, self.settings, self.results
         self.real_data_section("end_to_end", settings.epoch, "--no-epoch", lambda: (
-            training.measure_end_to_end(device, settings, self.splits())))
-        e2e = results["end_to_end"]
-        if not {"error", "skipped"} & set(e2e) and "error" not in results["train"]:
-            training.beside_isolated(e2e, results["train"])
+            training.measure_end_to_end(device, settings, self.splits, results["train"])))
         self.real_data_section(
             "time_to_accuracy", settings.time_to_accuracy, "run with --time-to-accuracy",
-            lambda: training.measure_time_to_accuracy(device, self.splits()))
+            lambda: training.measure_time_to_accuracy(device, self.splits))
         cli = settings.cli if settings.cli is not None else device.kind == "gpu"
         self.real_data_section("cli", cli, "on a CPU only with --cli (it trains 10 epochs per "
                                "framework: minutes)" if settings.cli is None else "--no-cli",
@@ -143,10 +113,10 @@ class Session:
 
     def finish(self):
         env = self.results["environment"]
-        self.results["memory"] = memory(self.device)
-        env["load_average_end"] = load_average()
+        self.results["memory"] = harness.memory(self.device)
+        env["load_average_end"] = harness.load_average()
         # CPU seconds this process got; far below wall x threads means the machine was shared.
-        env["process_cpu_seconds"] = process_cpu_seconds() - self.cpu_started
+        env["process_cpu_seconds"] = harness.process_cpu_seconds() - self.cpu_started
         self.results["wall_seconds"] = time.perf_counter() - self.started
         self.results["complete"] = True
         return jsonable(self.results)
@@ -155,6 +125,6 @@ class Session:
 def run_device(device, settings, data_root, data_problem, save):
     """All measurements on one device; `save(results)` after each figure; returns results."""
     session = Session(device, settings, data_root, data_problem, save)
-    session.isolated()
-    session.real_data()
+    session.run_isolated()
+    session.run_real_data()
     return session.finish()

@@ -5,31 +5,24 @@ CLIs as fresh processes (`--cli`) and on 1 and N processes / devices (`run.py sc
 import dataclasses
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks import REPO
-from benchmarks.environment import memory
-from benchmarks.harness import (
-    OtherLoad,
-    describe_error,
-    run_process,
-    status,
-    wait_for_quiet,
-)
+from benchmarks.harness import OtherLoad, describe_error, run_process, status
 from benchmarks.isolated import BACKENDS, TUTORIAL, default_variant
 from mnist_common import data, loop
 from mnist_common.config import PRECISIONS, Config
 from mnist_common.errors import DataError, UsageError
 
-DEVICE_FLAG = {"cpu": "cpu", "gpu": "cuda"}  # the CLIs' --device for a benchmark device
 QUICK_STEPS = 2  # --quick: train steps of a run (then it still evaluates every test image)
 TARGET_ACCURACY = 0.985  # the tutorial reports 98.53 % after 10 epochs
 CLI_TIMEOUT_S = 3600
-_PREALLOCATION = {}  # what keep_gpu_memory_free changed, to undo it for the CLI processes
+CLI_ENVIRONMENT = dict(os.environ)  # the CLI processes get the environment the benchmark got
 
 
 def prepare_data(quick):
@@ -44,10 +37,15 @@ def frameworks(device):
     return [name for name in BACKENDS if getattr(device, name) is not None]
 
 
+def figures(metrics):
+    """What the benchmark keeps of a training run's metrics."""
+    return {k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
+                                    "test_accuracy")}
+
+
 class Run(loop.TrainingRun):
-    """The CLIs' training run, in a temp dir that goes with it: a stop (Ctrl-C, SIGTERM) leaves
-    no checkpoint and prints no `--resume` command; with `until_target`, it ends after the
-    first epoch whose test accuracy (the loop's own evaluation, not timed) reaches the target."""
+    """The CLIs' training run in a temp dir: a stop leaves no checkpoint and no `--resume` line;
+    `until_target` ends it after the first epoch whose test accuracy reaches the target."""
 
     until_target = False
 
@@ -63,8 +61,7 @@ class Run(loop.TrainingRun):
 
 
 def train_in_loop(device, framework, config, splits, until_target=False):
-    """One run of the CLIs' loop on the benchmark's placement, in a temp dir: (metrics, wall
-    seconds, others' CPU share). `splits` = (data root, train arrays, test arrays)."""
+    """The CLIs' loop once, in a temp dir on (data root, train, test): (metrics, wall s, load)."""
     backend, placement = BACKENDS[framework], getattr(device, framework)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         config = dataclasses.replace(config, out_dir=tmp, progress=False)
@@ -76,38 +73,26 @@ def train_in_loop(device, framework, config, splits, until_target=False):
         return metrics, other_load.seconds(), other_load.stop()
 
 
-def measure_end_to_end(device, settings, splits):
-    """Yields (framework, figures) of one epoch (--quick: QUICK_STEPS steps) through the loop."""
+def measure_end_to_end(device, settings, splits, train):
+    """Yields (framework, figures) of one epoch (--quick: QUICK_STEPS steps) through the loop,
+    beside the isolated train step (`train`, the results' section) at the same batch size."""
     max_steps = QUICK_STEPS if settings.quick else None
     config = Config(epochs=1, max_steps=max_steps, precision=settings.precision)
     for framework in frameworks(device):
         status(f"[{device.kind}] end to end, {framework}: the CLIs' loop, 1 epoch"
                + (f", {max_steps} steps" if max_steps else ""))
-        wait_for_quiet(settings.wait_quiet)
         metrics, wall, load = train_in_loop(device, framework, config, splits)
-        yield framework, {
-            "variant": default_variant(framework, getattr(device, framework)),
-            "complete_epoch": max_steps is None,
-            **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
-                                       "test_accuracy")},
-            "wall_seconds": wall, "other_load": load, "memory": memory(device)}
-        status(f"[{device.kind}]   {framework}: {metrics['train_seconds']:.1f} s, "
-               f"{metrics['train_images_per_second']:.0f} images/s, test accuracy "
-               f"{100 * metrics['test_accuracy']:.2f} %")
-
-
-def beside_isolated(end_to_end, train, batch_size=TUTORIAL.batch_size):
-    """Add the isolated train step's images/s at the same batch size, and the ratio."""
-    for entry in end_to_end.values():
-        isolated = train.get(batch_size, {}).get(entry["variant"], {})
-        rate = isolated.get("images_per_second", {}).get("median")
-        entry["isolated_step_images_per_second"] = rate
-        entry["end_to_end_vs_isolated"] = entry["train_images_per_second"] / rate if rate else None
+        variant = default_variant(framework, getattr(device, framework))
+        isolated = train.get(config.batch_size, {}).get(variant, {}).get("images_per_second", {})
+        rate = isolated.get("median")
+        yield framework, {"variant": variant, "complete_epoch": max_steps is None,
+                          **figures(metrics), "wall_seconds": wall, "other_load": load,
+                          "isolated_step_images_per_second": rate, "end_to_end_vs_isolated":
+                          metrics["train_images_per_second"] / rate if rate else None}
 
 
 def measure_time_to_accuracy(device, splits, config=TUTORIAL):
-    """Yields (variant, run) per framework: the CLIs' loop (data on the device, compile
-    included) until test accuracy >= TARGET_ACCURACY or `config.epochs`."""
+    """Yields (variant, run) per framework: the CLIs' loop until TARGET_ACCURACY or the end."""
     for framework in frameworks(device):
         status(f"[{device.kind}] time to {100 * TARGET_ACCURACY:.1f} %, {framework}")
         metrics, _, load = train_in_loop(device, framework, config, splits, until_target=True)
@@ -119,36 +104,27 @@ def measure_time_to_accuracy(device, splits, config=TUTORIAL):
             "epochs_to_target": len(epochs) if reached else None,
             "seconds_to_target": metrics["train_seconds"] if reached else None,
             "epochs": epochs, "max_epochs": config.epochs,
-            "first_call_seconds": metrics["first_call_seconds"], "other_load": load,
-            "memory": memory(device)}
+            "first_call_seconds": metrics["first_call_seconds"], "other_load": load}
 
 
-def keep_gpu_memory_free():
-    """This process's JAX allocates as it goes (not 75 % up front), so a CLI beside it fits;
-    the CLI processes get the environment as it was."""
-    if "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
-        _PREALLOCATION["XLA_PYTHON_CLIENT_PREALLOCATE"] = None
-        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-
-
-def run_training_cli(words, out_dir, env=None):
-    """A training CLI as a fresh process: (its metrics.json, process seconds); a failure is a
-    UsageError with its exit status and last line."""
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if k not in _PREALLOCATION}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+def run_training_cli(words, out_dir, **extra_env):
+    """A training CLI as a fresh process in the environment the benchmark got (and `extra_env`):
+    (its metrics.json, process seconds), or a UsageError naming it."""
+    env = {**CLI_ENVIRONMENT, **extra_env, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), CLI_ENVIRONMENT.get("PYTHONPATH")]))}
     done, seconds = run_process(words, env, timeout=CLI_TIMEOUT_S)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UsageError(f"exit status {done.returncode}: {last}"[:500])
+        raise UsageError(f"{' '.join(words[1:6])} ... failed: exit status {done.returncode}: "
+                         f"{last}"[:500])
     return json.loads((Path(out_dir) / "metrics.json").read_text()), seconds
 
 
 def cli_command(framework, device, precision, quick, out_dir, data_root):
     """The training CLI's command line, as a user types it."""
-    words = [sys.executable, "-m", f"{framework}_impl.train", "--device", DEVICE_FLAG[device.kind],
-             "--precision", precision, "--no-progress", "--out-dir", str(out_dir),
-             "--data-dir", str(data_root)]
+    words = [sys.executable, "-m", f"{framework}_impl.train", "--device",
+             device.kind.replace("gpu", "cuda"), "--precision", precision, "--no-progress",
+             "--out-dir", str(out_dir), "--data-dir", str(data_root)]
     return words + (["--epochs", "1", "--max-steps", str(QUICK_STEPS)] if quick else [])
 
 
@@ -159,23 +135,19 @@ def cli_figures(framework, device, precision, settings, data_root):
                             data_root)
         other_load = OtherLoad()
         metrics, process_seconds = run_training_cli(words, Path(tmp) / "run")
-    first_call = metrics.get("first_call_seconds")  # the first dispatch: compile + its steps
-    return {"command": shlex.join(["python", *words[1:]]).replace(tmp, "<tmp>"),
-            "epochs": metrics["config"]["epochs"], "process_seconds": process_seconds,
-            **{k: metrics[k] for k in ("steps", "train_seconds", "train_images_per_second",
-                                       "test_accuracy")},
-            "ten_epoch_train_seconds": None if settings.quick or metrics["config"]["epochs"] != 10
-            else metrics["train_seconds"], "first_call_seconds": first_call or 0.0,
-            "first_call_recorded": first_call is not None, "other_load": other_load.stop()}
+    epochs = metrics["config"]["epochs"]
+    return {"epochs": epochs, "process_seconds": process_seconds, **figures(metrics),
+            "ten_epoch_train_seconds": metrics["train_seconds"] if epochs == 10 else None,
+            # The first dispatch (compile and its steps); None when the CLI did not record one.
+            "first_call_seconds": metrics.get("first_call_seconds"),
+            "other_load": other_load.stop()}
 
 
 def measure_cli(device, settings, data_root):
-    """Yields (framework, {precision: figures}): every precision on a GPU, the chosen one on a
+    """Yields (framework, {precision: figures}): each precision on a GPU, the chosen one on a
     CPU (float32 there either way)."""
     if device.kind == "gpu" and device.torch is not None:
-        import torch
-
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # what this process holds, for the CLI processes
     for framework in frameworks(device):
         runs = {}
         for precision in PRECISIONS if device.kind == "gpu" else (settings.precision,):
@@ -191,21 +163,18 @@ def scaling_point(framework, count, device, steps, out_dir):
     """One real training run at global batch 256 on `count` processes (torchrun) / devices."""
     words = [sys.executable, "-m", f"{framework}_impl.train", "--max-steps", str(steps),
              "--no-progress", "--device", device, "--out-dir", str(out_dir)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {}
     if framework == "torch" and count > 1:
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env["GLOO_SOCKET_IFNAME"] = CLI_ENVIRONMENT.get("GLOO_SOCKET_IFNAME", "lo")
         words[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
                       "-m"]
     elif framework == "flax" and device == "cpu":
-        env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+        env["XLA_FLAGS"] = (f"{CLI_ENVIRONMENT.get('XLA_FLAGS', '')} "
                             f"--xla_force_host_platform_device_count={count}").strip()
     elif framework == "flax":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(count)))
     status(f"scaling: {framework} on {count} {'processes' if framework == 'torch' else 'devices'}")
-    try:
-        metrics, _ = run_training_cli(words, out_dir, env)
-    except UsageError as err:
-        raise UsageError(f"{' '.join(words[1:6])} ... failed: {err}") from None
+    metrics, _ = run_training_cli(words, out_dir, **env)
     return {"framework": framework, "count": count, "device": metrics["device"],
             "steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
             "images_per_second": metrics["train_images_per_second"],
