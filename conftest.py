@@ -1,10 +1,17 @@
-"""The one fixture tests/ and parity_tests/ share: the prepared real MNIST root."""
+"""What tests/ and parity_tests/ share: the prepared real MNIST root, and the parity report's
+option (registered here, at the root, so that `pytest --parity-report DIR` works from anywhere:
+an option of parity_tests/conftest.py would be unknown whenever DIR is read as a test path)."""
 
 import os
 
 import pytest
 
 from mnist_common import data
+
+
+def pytest_addoption(parser):
+    parser.addoption("--parity-report", metavar="DIR", default=None,
+                     help="write the parity margins as DIR/report.md, report.json and figures")
 
 
 @pytest.fixture(scope="session")

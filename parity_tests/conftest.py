@@ -7,16 +7,11 @@ ends with that table, and `--parity-report DIR` also writes it with its figures.
 import platform
 
 import pytest
-from margins import RECORDS, text_table, write_report
+from margins import RECORDS, refusal, text_table, write_report
 from parity_helpers import TORCH_CPU
 
 from mnist_common.config import Config
 from torch_impl import backend as torch_backend
-
-
-def pytest_addoption(parser):
-    parser.addoption("--parity-report", metavar="DIR", default=None,
-                     help="write the parity margins as DIR/report.md, report.json and figures")
 
 
 @pytest.fixture(scope="session")
@@ -50,5 +45,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(line)
     directory = config.getoption("--parity-report", default=None)
     if directory:
-        written = write_report(directory, _machine())
+        try:
+            written = write_report(directory, _machine())
+        except (OSError, ValueError) as err:  # a stranger's file there, a full disk
+            terminalreporter.write_line(f"parity report not written: {err}", red=True)
+            return
         terminalreporter.write_line(f"parity report: {', '.join(str(p) for p in written)}")
+
+
+def pytest_configure(config):
+    """Refuse a --parity-report DIR holding files a report did not write, before any test."""
+    directory = config.getoption("--parity-report", default=None)
+    if directory and refusal(directory):
+        raise pytest.UsageError(refusal(directory))

@@ -10,6 +10,11 @@ import json
 import math
 from pathlib import Path
 
+from mnist_common.fileio import foreign, write_text_atomic
+
+REPORT_FILES = ("report.md", "report.json", "trajectory.png", "referee.png")
+_REPORT_KEYS = ("checks", "environment", "series")
+_STARTS = {".md": b"# Parity report", ".json": b"{", ".png": b"\x89PNG"}
 RECORDS = []  # one dict per recorded check, in the order the tests ran
 SERIES = {}  # figure data: name -> {label: list of floats}
 
@@ -78,21 +83,57 @@ def markdown_table(entries=None):
     return lines
 
 
+def _earlier_report(directory):
+    """Whether `directory` holds the report.json an earlier --parity-report wrote."""
+    try:
+        record = json.loads((Path(directory) / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and sorted(record) == sorted(_REPORT_KEYS)
+
+
+def foreign_report_files(directory):
+    """The names in REPORT_FILES that are in `directory` but were not written by a report:
+    a report replaces its own files only (each beside an earlier report's report.json)."""
+    earlier = _earlier_report(directory)
+
+    def ours(path):
+        with open(path, "rb") as handle:
+            return earlier and handle.read(16).startswith(_STARTS[path.suffix])
+
+    return [name for name in REPORT_FILES if foreign(Path(directory) / name, ours)]
+
+
+def refusal(directory):
+    """The one-line reason a report may not be written into `directory`, or None."""
+    strangers = foreign_report_files(directory)
+    if not strangers:
+        return None
+    return (f"--parity-report {directory}: {', '.join(strangers)} "
+            f"{'was' if len(strangers) == 1 else 'were'} not written by a parity report; move "
+            f"{'it' if len(strangers) == 1 else 'them'} or choose another directory")
+
+
 def write_report(directory, environment):
-    """report.md, report.json and the figures into `directory`; returns the paths written."""
+    """report.md, report.json and the figures into `directory`, each file written whole; returns
+    the paths written. A file there that a report did not write is a ValueError (nothing is
+    written)."""
     from report_figures import draw_all  # matplotlib only when a report is asked for
 
     out = Path(directory)
+    if refusal(out):
+        raise ValueError(refusal(out))
     out.mkdir(parents=True, exist_ok=True)
+    entries = [{**e, "margin": margin(e),
+                "used": fraction(e) if math.isfinite(fraction(e)) else None} for e in RECORDS]
+    # report.json first: it is what marks the figures and report.md beside it as a report's.
+    write_text_atomic(out / "report.json", json.dumps(
+        {"environment": environment, "checks": entries, "series": SERIES}, indent=1) + "\n")
     figures = draw_all(out, RECORDS, SERIES)
     failed = sum(margin(e) < 0 for e in RECORDS)
     lines = ["# Parity report", "", f"{len(RECORDS)} checks, {failed} outside their bound. "
              "`used` is measured / bound (bound / measured for a floor): 1 is the edge.", "",
              "Machine: " + environment, "", *markdown_table(), ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    entries = [{**e, "margin": margin(e),
-                "used": fraction(e) if math.isfinite(fraction(e)) else None} for e in RECORDS]
-    (out / "report.json").write_text(json.dumps(
-        {"environment": environment, "checks": entries, "series": SERIES}, indent=1) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return [out / "report.md", out / "report.json", *figures]

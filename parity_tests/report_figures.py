@@ -1,10 +1,18 @@
 """The parity report's figures (matplotlib, Agg): drawn from what the checks recorded."""
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
-import numpy as np  # noqa: E402
+from mnist_common.fileio import atomic_path
+from mnist_common.plotting import pyplot
+
+plt = pyplot()
+
+
+def save(fig, path):
+    """The figure as a PNG at `path`, written whole or not at all."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def draw_all(out, records, series):
@@ -47,8 +55,7 @@ def trajectory_figure(path, quantiles, records):
     axes[2].set_yticks([])
     fig.suptitle("100 steps from identical weights: the Flax-torch weight gap (orange) beside "
                  "torch against itself (blue: four float32 variations)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -77,6 +84,5 @@ def referee_figure(path, records):
     axes[0].invert_yaxis()
     axes[0].legend(loc="lower right")
     fig.suptitle("Each framework against the float64 referee, per layer")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path

@@ -54,7 +54,9 @@ def test_training_batches_are_the_referees(splits):
         assert len(ours) == 235 and len(ours[-1]) == 96  # every image, the last batch partial
         batches = loaders.train_batches(shared, seed=seed, epoch=epoch, batch_size=BATCH_SIZE,
                                         start_step=index)
-        x, y = next(itertools.islice(batches, 1))
+        probed = list(itertools.islice(batches, 1))
+        assert probed, f"no batch {index} in epoch {epoch} (the referee's has {len(ours)})"
+        x, y = probed[0]
         assert len(y) == len(ours[index]), (seed, epoch, index)
         mismatches += int((np.asarray(y) != labels[ours[index]]).sum())
         worst = max(worst, pixel_ratio(x, images[ours[index]]))

@@ -1,0 +1,81 @@
+"""`pytest parity_tests --parity-report DIR`: the margin table as report.md and report.json with
+its figures, each file written whole, and never over a file a report did not write."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import REPO, cli_env
+
+PARITY = REPO / "parity_tests"
+
+
+@pytest.fixture
+def margins(monkeypatch):
+    """parity_tests' margins module (as its conftest imports it), with empty records."""
+    monkeypatch.syspath_prepend(str(PARITY))
+    import margins
+
+    monkeypatch.setattr(margins, "RECORDS", [])
+    monkeypatch.setattr(margins, "SERIES", {})
+    return margins
+
+
+def record_some(margins):
+    margins.record("loss, max |Flax - torch|", 2e-7, 1e-5, group="training")
+    margins.record("init: KS p-value", 0.3, 1e-3, floor=True, group="init")
+    for label in ("flax vs torch", "torch: reversed batches"):
+        margins.series("trajectory", label, [1e-6 * (1 + i) for i in range(101)])
+    margins.record("step 100 median", 3e-5, 9e-5, group="trajectory", statistic="median")
+    for framework in ("torch", "flax"):
+        margins.record(f"{framework} conv 1 vs referee", 0.1, 1.0, group="referee",
+                       framework=framework, layer="conv 1", error_at_worst=1e-7)
+
+
+def test_report_holds_every_check_and_both_figures(margins, tmp_path):
+    record_some(margins)
+    written = margins.write_report(tmp_path / "r", "a CPU, 2 threads")
+    assert sorted(p.name for p in written) == sorted(margins.REPORT_FILES)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [c["check"] for c in report["checks"]] == [r["check"] for r in margins.RECORDS]
+    floor = report["checks"][1]
+    assert floor["kind"] == ">=" and floor["margin"] == pytest.approx(0.3 - 1e-3)
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert text.startswith("# Parity report\n\n5 checks, 0 outside their bound.")
+    assert "| loss, max \\|Flax - torch\\| | 2.00e-07 | <= 1.00e-05 |" in text
+    for name in ("trajectory.png", "referee.png"):
+        assert (tmp_path / "r" / name).read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(margins.REPORT_FILES)
+
+
+def test_a_second_report_replaces_the_first(margins, tmp_path):
+    record_some(margins)
+    margins.write_report(tmp_path, "first")
+    margins.record("one more", 1.0, 2.0)
+    margins.write_report(tmp_path, "second")
+    assert json.loads((tmp_path / "report.json").read_text())["environment"] == "second"
+    assert "6 checks" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name, content", [("report.md", b"my notes\n"),
+                                           ("report.json", b'{"mine": 1}\n'),
+                                           ("referee.png", b"\x89PNG not a report's")])
+def test_a_users_file_is_never_replaced(margins, tmp_path, name, content):
+    record_some(margins)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"{name} was not written by a parity report"):
+        margins.write_report(tmp_path, "x")
+    assert (tmp_path / name).read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_pytest_refuses_the_directory_before_any_test(tmp_path):
+    (tmp_path / "report.md").write_text("my notes\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "parity_tests/test_model.py", "--parity-report", str(tmp_path)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stdout + done.stderr  # pytest's usage error
+    assert "report.md was not written by a parity report" in done.stderr
+    assert " passed" not in done.stdout
+    assert (tmp_path / "report.md").read_text() == "my notes\n"
