@@ -3,27 +3,15 @@
 a results JSON; `run.py scaling` runs the training CLIs on 1 and N processes / devices."""
 
 import argparse
-import datetime
 import math
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks import PROG, REPO, harness, training
-from benchmarks.harness import describe_error, status
-from benchmarks.isolated import TUTORIAL, VARIANTS
-from benchmarks.report import markdown, plot, scaling_markdown
-from benchmarks.session import run_device
-from mnist_common import rundir
-from mnist_common.allocator import keep_freed_memory
+from benchmarks import PROG, REPO, RESULTS_DIR, TARGET_ACCURACY, TUTORIAL, VARIANTS
 from mnist_common.config import PRECISIONS, positive_int
-from mnist_common.errors import ArgumentParser, UsageError
-from mnist_common.fileio import say, write_text_atomic
-from mnist_common.reporting import write_metrics
+from mnist_common.errors import ArgumentParser
+from mnist_common.fileio import say
 
-RESULTS_DIR = REPO / "benchmarks" / "results"  # wherever it is run from
 TRAIN_BATCH_SIZES = (64, 256, 1024)
 INFERENCE_BATCH_SIZES = (1, 256, 10_000)
 
@@ -97,7 +85,7 @@ def build_parser():
          help="measure nothing: write X.md and X.png from a results JSON")
     flag("--time-to-accuracy", action="store_true",
          help=f"also train through the CLIs' loop (tutorial settings, up to {TUTORIAL.epochs} "
-              f"epochs) until {100 * training.TARGET_ACCURACY:.1f} %% test accuracy")
+              f"epochs) until {100 * TARGET_ACCURACY:.1f} %% test accuracy")
     return parser
 
 
@@ -138,112 +126,19 @@ def parse_scaling(argv):
     return parser.parse_args(argv)
 
 
-def write_report(json_path, results):
-    """X.md and X.png (without Matplotlib: none) beside X.json; returns the Markdown."""
-    text = (markdown if results["schema"] == harness.SCHEMA else scaling_markdown)(results)
-    if results["schema"] == harness.SCHEMA:
-        try:
-            plot(results, json_path.with_name(f"{json_path.stem}.png"))
-        except ImportError as err:  # a bare GPU image may lack matplotlib
-            status(f"no PNG ({describe_error(err)}); run `{PROG} --render {json_path}` where it is")
-    write_text_atomic(json_path.with_name(f"{json_path.stem}.md"), text)
-    return text
-
-
-def render(path):
-    """--render X.json: X.md and X.png beside it (never over a user's file); prints X.md."""
-    results, why = harness.read_results(path), "not a complete results file of this benchmark"
-    if results is None:
-        raise UsageError(f"--render {path}: " + (f"{why} (a JSON object written by {PROG})"
-                                                 if os.path.isfile(path) else "no such file"))
-    harness.refuse_strangers(path.parent, [f"{path.stem}.md", f"{path.stem}.png"], "--render")
-    try:
-        print(write_report(path, results))
-    except (TypeError, KeyError, IndexError, ValueError, AttributeError, StopIteration):
-        raise UsageError(f"--render {path}: {why} (a JSON object written by {PROG})") from None
-    except OSError as err:
-        raise UsageError(f"--render {path}: cannot write its report beside it "
-                         f"({err.strerror or err})") from None
-
-
-def publish(out_dir, results, partial):
-    """A device's complete results: <device>.json, .md and .png, then the partial file goes."""
-    path = out_dir / f"{results['device']}.json"
-    try:
-        harness.refuse_strangers(out_dir, [path.name, f"{path.stem}.md", f"{path.stem}.png"])
-    except UsageError as err:
-        raise UsageError(f"{err}; the results are in {partial}") from None
-    write_metrics(path, results)
-    text = write_report(path, results)
-    partial.unlink(missing_ok=True)
-    status(f"wrote {out_dir / results['device']}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
-    print(text)
-
-
-def run_benchmark(settings, partials):
-    """Devices found and the out-dir checked before it is created; each device measured, its
-    figures in <device>.partial.json (`partials`) until published; empty new dirs removed."""
-    keep_freed_memory()  # as the training CLIs do: mnist_common/allocator.py
-    if settings.cli is not False and settings.devices != ("cpu",):
-        # Before JAX starts on the GPU: it allocates as it goes (not 75 % up front), so a
-        # training CLI beside it fits (the CLIs get training.CLI_ENVIRONMENT).
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    devices = harness.find_devices(settings.devices[0], settings.precision)
-    if settings.out_dir is None and settings.quick:
-        out_dir = Path(tempfile.mkdtemp(prefix="mnist-bench-quick-"))  # outside the repository
-        created = [out_dir]
-        status(f"--quick: writing the results to the scratch directory {out_dir}")
-    else:
-        out_dir = settings.out_dir or RESULTS_DIR
-        created = harness.prepare_out_dir(out_dir, [name for device in devices for name in
-                                                    harness.output_names(device.slug())])
-    cache = tempfile.mkdtemp(prefix="bench-inductor-")  # first calls are cold compiles
-    os.environ.update(TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=f"{cache}/triton")
-    try:
-        data_root, data_problem = None, "--no-epoch, no --time-to-accuracy, --no-cli"
-        if settings.epoch or settings.time_to_accuracy or settings.cli is not False:
-            data_root, data_problem = training.prepare_data(settings.quick)
-        for device in devices:
-            partial = out_dir / f"{device.slug()}.partial.json"
-
-            def save(results, partial=partial):
-                write_metrics(partial, results)
-                if partial not in partials:
-                    partials.append(partial)
-
-            publish(out_dir, run_device(device, settings, data_root, data_problem, save), partial)
-            partials[:] = [p for p in partials if p != partial]  # published: no longer partial
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        rundir.remove_created(created)
-
-
-def run_scaling(args, argv):
-    """`run.py scaling`: the training CLIs on each count; scaling-<device>.json and .md."""
-    stem = f"scaling-{args.device}"
-    created = harness.prepare_out_dir(args.out_dir, [f"{stem}.json", f"{stem}.md"])
-    try:
-        rows = training.measure_scaling(args.device, args.steps, sorted(args.devices))
-    except BaseException:
-        rundir.remove_created(created)
-        raise
-    results = {"schema": harness.SCALING_SCHEMA, "command": " ".join([PROG, "scaling", *argv]),
-               "device": args.device, "steps": args.steps, "counts": sorted(args.devices),
-               "rows": rows, "date": datetime.date.today().isoformat()}
-    write_metrics(args.out_dir / f"{stem}.json", results)
-    print(write_report(args.out_dir / f"{stem}.json", results))
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     scaling = argv[:1] == ["scaling"]
     args = parse_scaling(argv[1:]) if scaling else parse_settings(argv)
+    from benchmarks import harness, session  # torch and JAX: not for --help or a bad flag
+
     if not scaling and args.render:
-        return render(args.render)
+        return session.render(args.render)
     harness.handle_sigterm()  # SIGTERM exits 143, SIGINT 130, as the training CLIs do
     partials = []
     try:
-        return run_scaling(args, argv[1:]) if scaling else run_benchmark(args, partials)
+        return (session.run_scaling(args, argv[1:]) if scaling
+                else session.run_benchmark(args, partials))
     except BaseException as err:
         signum = harness.stop_signal(err)
         if signum is None:

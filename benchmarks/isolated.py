@@ -11,26 +11,14 @@ import numpy as np
 import torch
 from flax import linen
 
-from benchmarks import harness
+from benchmarks import TUTORIAL, harness
 from benchmarks.harness import Candidate, memory, rates, status, time_interleaved
 from flax_impl import backend as flax_backend
 from flax_impl import xla_cpu
 from flax_impl.model import CNN as FlaxCNN
 from mnist_common import architecture
 from mnist_common.architecture import INPUT_SHAPE, NUM_CLASSES
-from mnist_common.config import Config
 from torch_impl import backend as torch_backend
-
-VARIANTS = {
-    "torch-eager": "torch_impl.backend's state, train_step and logits, eager, NCHW",
-    "torch-channels-last": "the same with model and input channels_last (the engine's on the CPU)",
-    "torch-compile": "the same with torch.compile(model, dynamic=False) (default mode)",
-    "flax-jit": "flax_impl.backend's state, train_step and logits, NHWC, as the engine runs here",
-    "flax-xla-defaults": "the same step under a plain jax.jit (XLA's default compiler options) "
-                         "with flax_impl.model.CNN() at its defaults (Flax's max-pool): what "
-                         "the engine changes on the CPU; run only where it changes something",
-}
-BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
 
 
 def default_variant(framework, placement):
@@ -42,7 +30,6 @@ def default_variant(framework, placement):
 
 
 BACKENDS = {"torch": torch_backend, "flax": flax_backend}
-TUTORIAL = Config()  # batch 256, Adam 2e-4, seed 0, 10 epochs
 GEMM_SIZE = {"cpu": 2048, "gpu": 8192}
 CONVENTION = ("forward FLOPs = 2 x multiply-adds of each conv and linear layer (bias, ReLU, "
               "max-pool, softmax and loss not counted); training FLOPs = 3 x forward "

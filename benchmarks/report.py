@@ -3,9 +3,8 @@ as a figure (training and inference images/s per batch size and variant)."""
 
 import numpy as np
 
+from benchmarks import BASELINE, TARGET_ACCURACY
 from benchmarks.harness import windows_load
-from benchmarks.isolated import BASELINE
-from benchmarks.training import TARGET_ACCURACY
 from mnist_common.fileio import atomic_path
 
 BUSY_WARNING = 0.05  # other processes above this share of the CPUs: the figure is suspect

@@ -31,13 +31,15 @@ def trajectory_figure(path, quantiles, records):
     """|dw| at step 100: Flax vs torch beside the four torch-vs-torch variations; the
     percentile curves, and the median and 90th percentile against their bounds."""
     names = list(quantiles)
-    colors = {n: "tab:orange" if n.startswith("flax") else None for n in names}
+    torch_colors = iter(["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray"])
+    colors = {n: "tab:orange" if n.startswith("flax") else next(torch_colors) for n in names}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), constrained_layout=True,
                              gridspec_kw={"width_ratios": [1.3, 1, 1]})
     percent = np.linspace(0, 100, 101)
     for name in names:
+        flax = name.startswith("flax")
         axes[0].plot(percent[1:], quantiles[name][1:], label=name, color=colors[name],
-                     linewidth=2.5 if colors[name] else 1.2)
+                     linewidth=2.5 if flax else 1.2)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("percentile over the 123,222 weights")
     axes[0].set_ylabel("|w - w_torch| at step 100")
@@ -45,7 +47,8 @@ def trajectory_figure(path, quantiles, records):
     for ax, (label, index) in zip(axes[1:], (("median", 50), ("90th percentile", 90)),
                                   strict=True):
         values = [quantiles[n][index] for n in names]
-        ax.barh(names, values, color=[colors[n] or "tab:blue" for n in names])
+        ax.barh(names, values, color=["tab:orange" if n.startswith("flax") else "tab:blue"
+                                      for n in names])
         bound = [r["bound"] for r in records if r.get("statistic") == label]
         if bound:
             ax.axvline(bound[0], color="red", linestyle="--", label=f"bound {bound[0]:.2g}")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_common.config import Config
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
 QUICK_TIMEOUT_S = 300  # a --quick run takes well under a minute on 2 idle cores
@@ -177,7 +179,7 @@ def test_render_rewrites_reports_even_for_an_interrupted_run(quick, tmp_path, ca
     for key in ("inference", "latency_ms", "layers", "end_to_end", "time_to_accuracy", "memory"):
         results.pop(key)
     (tmp_path / "cpu.json").write_text(json.dumps(results))
-    _import("cli").render(tmp_path / "cpu.json")
+    _import("session").render(tmp_path / "cpu.json")
     text = (tmp_path / "cpu.md").read_text()
     assert "Interrupted" in text and "× torch-eager" in text
     assert (tmp_path / "cpu.png").stat().st_size > 0
@@ -195,7 +197,7 @@ def test_time_to_accuracy_on_tiny_data():
     """The time-to-accuracy path, the CLIs' loop on 40 random images in batches of 16 (last
     batch 8): every epoch recorded until the target or the last epoch."""
     device = _import("harness").find_devices("cpu", "highest")[0]
-    config = _import("isolated").Config(batch_size=16, epochs=2)
+    config = Config(batch_size=16, epochs=2)
     training = _import("training")
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
     default_variant = _import("isolated").default_variant  # torch: channels_last on the CPU
@@ -214,7 +216,7 @@ def test_time_to_accuracy_stops_at_the_target(monkeypatch):
     training = _import("training")
     monkeypatch.setattr(training, "TARGET_ACCURACY", 0.0)
     device = _import("harness").find_devices("cpu", "highest")[0]
-    config = _import("isolated").Config(batch_size=16, epochs=3)
+    config = Config(batch_size=16, epochs=3)
     tta = dict(training.measure_time_to_accuracy(device, (None, *_tiny_splits()), config))
     for result in tta.values():
         assert result["reached"] and result["epochs_to_target"] == 1

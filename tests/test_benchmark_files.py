@@ -169,14 +169,14 @@ def test_render_of_a_file_that_is_not_a_result_is_one_line(tmp_path, content):
     else:
         errors = __import__("mnist_common.errors", fromlist=["x"])
         with pytest.raises(errors.UsageError, match="not a complete results file"):
-            _import("cli").render(tmp_path / "X.json")
+            _import("session").render(tmp_path / "X.json")
     assert _snapshot(tmp_path) == {"X.json": content}
 
 
 def test_render_of_a_missing_file_says_so(tmp_path):
     errors = __import__("mnist_common.errors", fromlist=["x"])
     with pytest.raises(errors.UsageError, match=r"X\.json: no such file$"):
-        _import("cli").render(tmp_path / "X.json")
+        _import("session").render(tmp_path / "X.json")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -184,14 +184,14 @@ def test_render_names_outputs_after_the_json_and_keeps_a_users_files(tmp_path, c
     """Case 13: --render X.json writes X.md and X.png, never the device's cpu.md beside it."""
     shutil.copy(COMMITTED / "cpu.json", tmp_path / "X.json")
     (tmp_path / "cpu.md").write_text("my notes\n")
-    _import("cli").render(tmp_path / "X.json")
+    _import("session").render(tmp_path / "X.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X.json", "X.md", "X.png", "cpu.md"]
     assert (tmp_path / "cpu.md").read_text() == "my notes\n"
     assert capsys.readouterr().out.strip() == (tmp_path / "X.md").read_text().strip()
     (tmp_path / "X.md").write_text("my own X.md\n")  # no longer the benchmark's report
     errors = __import__("mnist_common.errors", fromlist=["x"])
     with pytest.raises(errors.UsageError, match=r"X\.md is not this benchmark's output"):
-        _import("cli").render(tmp_path / "X.json")
+        _import("session").render(tmp_path / "X.json")
     assert (tmp_path / "X.md").read_text() == "my own X.md\n"
 
 
