@@ -4,12 +4,10 @@ Each CLI parses its flags (`parse_args`) before it imports its engine, so `--hel
 flag answer at once, then hands the engine in (`evaluate_weights`), as the training CLIs do.
 """
 
-import json
-from pathlib import Path
 
 from mnist_common.config import Config, add_device_flags, program
 from mnist_common.errors import ArgumentParser, UsageError
-from mnist_common.fileio import check_out_file
+from mnist_common.fileio import check_out_file, holds_json_record
 
 
 def build_parser(framework):
@@ -35,11 +33,7 @@ EVALUATION_KEYS = ("framework", "weights", "device", "precision", "versions", "t
 
 def is_evaluation_record(path):
     """Whether `path` holds the JSON an earlier `--out` wrote (and nothing else)."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(record, dict) and sorted(record) == sorted(EVALUATION_KEYS)
+    return holds_json_record(path, EVALUATION_KEYS)
 
 
 def load_state(backend, params, device="auto", precision="highest"):

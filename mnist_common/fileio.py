@@ -8,6 +8,7 @@ when one is known, so callers catch one exception type and report it in one line
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -42,6 +43,16 @@ def foreign(path, is_ours):
     if not os.path.lexists(path):
         return False
     return path.is_symlink() or not path.is_file() or not is_ours(path)
+
+
+def holds_json_record(path, keys):
+    """Whether `path` holds a JSON object with exactly `keys`: how a command recognises an
+    output file of its own that it may replace."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(record, dict) and sorted(record) == sorted(keys)
 
 
 def check_out_file(path, flag, is_ours, what):

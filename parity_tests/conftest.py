@@ -56,5 +56,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_configure(config):
     """Refuse a --parity-report DIR holding files a report did not write, before any test."""
     directory = config.getoption("--parity-report", default=None)
-    if directory and refusal(directory):
-        raise pytest.UsageError(refusal(directory))
+    reason = refusal(directory) if directory else None
+    if reason:
+        raise pytest.UsageError(reason)

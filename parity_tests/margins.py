@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from mnist_common.fileio import foreign, write_text_atomic
+from mnist_common.fileio import foreign, holds_json_record, write_text_atomic
 
 REPORT_FILES = ("report.md", "report.json", "trajectory.png", "referee.png")
 _REPORT_KEYS = ("checks", "environment", "series")
@@ -85,11 +85,7 @@ def markdown_table(entries=None):
 
 def _earlier_report(directory):
     """Whether `directory` holds the report.json an earlier --parity-report wrote."""
-    try:
-        record = json.loads((Path(directory) / "report.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and sorted(record) == sorted(_REPORT_KEYS)
+    return holds_json_record(Path(directory) / "report.json", _REPORT_KEYS)
 
 
 def foreign_report_files(directory):
@@ -121,8 +117,9 @@ def write_report(directory, environment):
     from report_figures import draw_all  # matplotlib only when a report is asked for
 
     out = Path(directory)
-    if refusal(out):
-        raise ValueError(refusal(out))
+    reason = refusal(out)
+    if reason:
+        raise ValueError(reason)
     out.mkdir(parents=True, exist_ok=True)
     entries = [{**e, "margin": margin(e),
                 "used": fraction(e) if math.isfinite(fraction(e)) else None} for e in RECORDS]

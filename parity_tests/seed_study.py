@@ -14,11 +14,10 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 from mnist_common.config import positive_int
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
-from mnist_common.fileio import check_out_file, write_text_atomic
+from mnist_common.fileio import check_out_file, holds_json_record, write_text_atomic
 
 PROG = "python -m parity_tests.seed_study"
 FRAMEWORKS = ("torch", "flax")
@@ -110,11 +109,7 @@ RECORD_KEYS = ("seeds", "steps", "batch_size", "accuracy", "paired_mean", "paire
 
 def is_study_record(path):
     """Whether `path` holds the JSON an earlier `--out` of this study wrote (and nothing else)."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and sorted(record) == sorted(RECORD_KEYS)
+    return holds_json_record(path, RECORD_KEYS)
 
 
 def main(argv=None):
