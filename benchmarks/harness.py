@@ -231,7 +231,8 @@ def stop_signal(err):
 
 PACKAGES = ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "numpy", "matplotlib")
 ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-               "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES", "GLIBC_TUNABLES")
+               "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES", "GLIBC_TUNABLES",
+               "JAX_COMPILATION_CACHE_DIR")  # a persistent cache shortens first calls
 
 
 @dataclasses.dataclass

@@ -41,7 +41,10 @@ EVALUATE = {"torch": torch_evaluate.main, "flax": flax_evaluate.main}
 _XLA_CACHE = tempfile.TemporaryDirectory(prefix="mnist-cnn-parity-tests-xla-")
 XLA_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": _XLA_CACHE.name,
                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                 # A size limit turns on jax's file lock around every read and write of the
+                 # cache, so a process never reads an entry that another one is still writing.
+                 "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30)}
 
 
 def cli_env(**extra):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli_env
 
 from mnist_common.config import Config
 
@@ -21,7 +22,7 @@ STATS = {"median", "min", "max"}
 
 def _run(*args, timeout=120):
     return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env=cli_env())
 
 
 def _import(name):

@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -68,6 +69,14 @@ def flax_train(out_dir, *args, devices=1):
                 "--out-dir", str(out_dir), *map(str, args)], env=env)
 
 
+def concurrently(*calls):
+    """Call each of `calls` (functions of no arguments) in its own thread; their results, in
+    order. Independent CLI runs overlap: each spends much of its time in one core (imports,
+    compiling), and their numbers do not depend on what else the machine runs."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
+
+
 def assert_close_runs(actual_dir, expected_dir, steps=STEPS):
     actual_metrics, actual_weights = read_run(actual_dir)
     expected_metrics, expected_weights = read_run(expected_dir)
@@ -110,11 +119,16 @@ def test_torchrun_two_processes_equal_one(torch_runs):
 
 
 def assert_resumes_across_counts(train, many, reference, tmp_path):
-    """Half the steps on many, the rest resumed on one; and the reverse: both equal `reference`."""
-    for name, first, then in (("many-then-one", many, {}), ("one-then-many", {}, many)):
-        train(tmp_path / name, "--max-steps", STEPS // 2, **first)
-        train(tmp_path / name, "--max-steps", STEPS, "--resume", **then)
-        assert_close_runs(tmp_path / name, reference)
+    """Half the steps on many, the rest resumed on one; and the reverse: both equal `reference`.
+    The two directions run at the same time."""
+    def two_legs(out_dir, first, then):
+        train(out_dir, "--max-steps", STEPS // 2, **first)
+        train(out_dir, "--max-steps", STEPS, "--resume", **then)
+        return out_dir
+
+    for out_dir in concurrently(lambda: two_legs(tmp_path / "many-then-one", many, {}),
+                                lambda: two_legs(tmp_path / "one-then-many", {}, many)):
+        assert_close_runs(out_dir, reference)
 
 
 def test_torch_checkpoints_move_between_process_counts(torch_runs, tmp_path):
@@ -174,6 +188,7 @@ def test_jax_checkpoints_move_between_device_counts(flax_runs, tmp_path):
 
 def test_jax_batch_not_divisible_by_devices_is_padded_and_masked(tmp_path, mnist_root):
     # 3 devices, batch 100 (and evaluation batches of 1000): each is padded by 2 masked images.
-    flax_train(tmp_path / "one", "--max-steps", 5, "--batch-size", 100)
-    flax_train(tmp_path / "three", "--max-steps", 5, "--batch-size", 100, devices=3)
+    concurrently(lambda: flax_train(tmp_path / "one", "--max-steps", 5, "--batch-size", 100),
+                 lambda: flax_train(tmp_path / "three", "--max-steps", 5, "--batch-size", 100,
+                                    devices=3))
     assert_close_runs(tmp_path / "three", tmp_path / "one", steps=5)

@@ -61,6 +61,7 @@ SCAN_MEDIAN_WEIGHT_ATOL = 1e-7
 
 @pytest.fixture(scope="module")
 def flax_batches(real_splits):
+    """(placement, `batches(size, count)`): the first `count` seed-0 batches of `size` images."""
     from flax_impl import backend
     from mnist_common import loaders
 
@@ -68,8 +69,10 @@ def flax_batches(real_splits):
     (images, labels), _ = real_splits
     split = backend.place_split(placement, images[:2000], labels[:2000])
     order = loaders.epoch_permutation(0, 0, 2000)
-    return placement, [backend.gather_batch(split, i)
-                       for i in loaders.index_batches(order, 64)[:12]]
+
+    def batches(size, count):
+        return [backend.gather_batch(split, i) for i in loaders.index_batches(order, size)[:count]]
+    return placement, batches
 
 
 def _scanned(placement, batches, length):
@@ -92,10 +95,13 @@ def test_flax_scans_of_any_length_agree_bit_for_bit(flax_batches):
     """What makes resume exact on a GPU: a dispatch boundary moves, the numbers do not."""
     import numpy as np
 
-    placement, batches = flax_batches
-    # Six steps (a scanned step is slow on the CPU); 5 leaves a last chunk of 1, so three
-    # compiled lengths (6, 5, 1) cover a whole run, a longer scan with a remainder and one step.
-    batches = batches[:6]
+    placement, batches_of = flax_batches
+    # Six steps of 16 images: a scanned step is slow on the CPU, in proportion to the batch
+    # (this test took 41 s at batch 64 and 11 s at 16, 2-core EPYC), and whether a scan's
+    # length changes a bit does not depend on the batch size. 5 leaves a last chunk of 1, so
+    # three compiled lengths (6, 5, 1) cover a whole run, a longer scan with a remainder and one
+    # step.
+    batches = batches_of(16, 6)
     weights, losses = _scanned(placement, batches, 6)
     for length in (1, 5):
         other_weights, other_losses = _scanned(placement, batches, length)
@@ -109,7 +115,8 @@ def test_flax_scan_equals_single_steps_to_the_last_bit(flax_batches):
 
     from flax_impl import backend
 
-    placement, batches = flax_batches
+    placement, batches_of = flax_batches
+    batches = batches_of(64, 12)  # the size and length the bounds above were measured at
     state, losses = backend.create_train_state(Config(), placement), []
     for batch in batches:
         state, metrics = backend.train_step(state, batch)
