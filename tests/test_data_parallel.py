@@ -69,14 +69,6 @@ def flax_train(out_dir, *args, devices=1):
                 "--out-dir", str(out_dir), *map(str, args)], env=env)
 
 
-def concurrently(*calls):
-    """Call each of `calls` (functions of no arguments) in its own thread; their results, in
-    order. Independent CLI runs overlap: each spends much of its time in one core (imports,
-    compiling), and their numbers do not depend on what else the machine runs."""
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return [future.result() for future in [pool.submit(call) for call in calls]]
-
-
 def assert_close_runs(actual_dir, expected_dir, steps=STEPS):
     actual_metrics, actual_weights = read_run(actual_dir)
     expected_metrics, expected_weights = read_run(expected_dir)
@@ -95,50 +87,11 @@ def assert_close_runs(actual_dir, expected_dir, steps=STEPS):
     assert abs(actual_metrics["test_correct"] - expected_metrics["test_correct"]) <= 2
 
 
-@pytest.fixture(scope="module")
-def torch_runs(tmp_path_factory, mnist_root):
-    root = tmp_path_factory.mktemp("torch-dp")
-    torch_train(root / "one", "--max-steps", STEPS)
-    return root
-
-
-@pytest.fixture(scope="module")
-def flax_runs(tmp_path_factory, mnist_root):
-    root = tmp_path_factory.mktemp("flax-dp")
-    flax_train(root / "one", "--max-steps", STEPS)
-    return root
-
-
-def test_torchrun_two_processes_equal_one(torch_runs):
-    result = torch_train(torch_runs / "two", "--max-steps", STEPS, processes=2)
-    assert "x 2 processes (gloo, DistributedDataParallel)" in result.stderr
-    assert result.stdout.count("test accuracy") == 1  # only rank 0 reports
-    assert_close_runs(torch_runs / "two", torch_runs / "one")
-    metrics, _ = read_run(torch_runs / "two")
-    assert "2 processes" in metrics["device"]
-
-
-def assert_resumes_across_counts(train, many, reference, tmp_path):
-    """Half the steps on many, the rest resumed on one; and the reverse: both equal `reference`.
-    The two directions run at the same time."""
-    def two_legs(out_dir, first, then):
-        train(out_dir, "--max-steps", STEPS // 2, **first)
-        train(out_dir, "--max-steps", STEPS, "--resume", **then)
-        return out_dir
-
-    for out_dir in concurrently(lambda: two_legs(tmp_path / "many-then-one", many, {}),
-                                lambda: two_legs(tmp_path / "one-then-many", {}, many)):
-        assert_close_runs(out_dir, reference)
-
-
-def test_torch_checkpoints_move_between_process_counts(torch_runs, tmp_path):
-    assert_resumes_across_counts(torch_train, {"processes": 2}, torch_runs / "one", tmp_path)
-
-
-def test_jax_two_devices_equal_one(flax_runs):
-    result = flax_train(flax_runs / "two", "--max-steps", STEPS, devices=2)
-    assert "x 2 devices" in result.stderr
-    assert_close_runs(flax_runs / "two", flax_runs / "one")
+def two_legs(train, out_dir, first, then):
+    """Half the steps with `first`'s count, the rest resumed with `then`'s; the out-dir."""
+    train(out_dir, "--max-steps", STEPS // 2, **first)
+    train(out_dir, "--max-steps", STEPS, "--resume", **then)
+    return out_dir
 
 
 def free_port():
@@ -154,15 +107,18 @@ def port_taken(stderr):
                                            "address already in use", "failed to bind"))
 
 
-def test_jax_distributed_two_processes_equal_one(flax_runs):
-    # The several-machines path (jax.distributed, gloo collectives on the CPU), on one machine.
-    # The coordinator binds the port itself, so a free port is picked and may be taken by
-    # another program before it binds: then the pair is started again on a new port.
+def jax_distributed(out_dir):
+    """The several-machines path (jax.distributed, gloo collectives on the CPU), on one
+    machine: two processes of one device each; (their CompletedProcesses, the out-dir).
+
+    The coordinator binds the port itself, so a free port is picked and may be taken by
+    another program before it binds: then the pair is started again on a new port.
+    """
     for attempt in range(3):
-        out_dir = flax_runs / f"processes-{attempt}"
+        run_dir = out_dir / f"attempt-{attempt}"
         address = f"127.0.0.1:{free_port()}"
         command = [sys.executable, "-m", "flax_impl.train", "--no-progress", "--device", "cpu",
-                   "--max-steps", str(STEPS), "--out-dir", str(out_dir)]
+                   "--max-steps", str(STEPS), "--out-dir", str(run_dir)]
         processes = [start(command, cli_env(JAX_COORDINATOR_ADDRESS=address,
                                             JAX_NUM_PROCESSES="2",
                                             JAX_PROCESS_ID=str(process_id)))
@@ -172,23 +128,104 @@ def test_jax_distributed_two_processes_equal_one(flax_runs):
             processes[1].kill()  # it would wait for a coordinator that never comes
             finish(processes[1])
             continue
-        results = [coordinator, finish(processes[1], 600)]
-        break
+        return [coordinator, finish(processes[1], 600)], run_dir
+
+
+# Every CLI run of this module, by name: (function of the module's tmp dir, the tests using it).
+# They are independent, so they all start together, WORKERS at a time: each run spends much of
+# its time in one core (imports, compiling), and their numbers do not depend on what else the
+# machine runs. The slowest come first.
+JOBS = {
+    "torch many-then-one": (lambda d: two_legs(torch_train, d, {"processes": 2}, {}),
+                            "test_torch_checkpoints_move_between_process_counts"),
+    "torch one-then-many": (lambda d: two_legs(torch_train, d, {}, {"processes": 2}),
+                            "test_torch_checkpoints_move_between_process_counts"),
+    "jax many-then-one": (lambda d: two_legs(flax_train, d, {"devices": 2}, {}),
+                          "test_jax_checkpoints_move_between_device_counts"),
+    "jax one-then-many": (lambda d: two_legs(flax_train, d, {}, {"devices": 2}),
+                          "test_jax_checkpoints_move_between_device_counts"),
+    "jax distributed": (jax_distributed, "test_jax_distributed_two_processes_equal_one"),
+    "torch two": (lambda d: torch_train(d, "--max-steps", STEPS, processes=2),
+                  "test_torchrun_two_processes_equal_one"),
+    "jax two": (lambda d: flax_train(d, "--max-steps", STEPS, devices=2),
+                "test_jax_two_devices_equal_one"),
+    # 3 devices, batch 100 (and evaluation batches of 1000): each is padded by 2 masked images.
+    "jax three, batch 100": (
+        lambda d: flax_train(d, "--max-steps", 5, "--batch-size", 100, devices=3),
+        "test_jax_batch_not_divisible_by_devices_is_padded_and_masked"),
+    "jax one, batch 100": (lambda d: flax_train(d, "--max-steps", 5, "--batch-size", 100),
+                           "test_jax_batch_not_divisible_by_devices_is_padded_and_masked"),
+    "torch one": (lambda d: torch_train(d, "--max-steps", STEPS),
+                  "test_torchrun_two_processes_equal_one",
+                  "test_torch_checkpoints_move_between_process_counts"),
+    "jax one": (lambda d: flax_train(d, "--max-steps", STEPS),
+                "test_jax_two_devices_equal_one", "test_jax_distributed_two_processes_equal_one",
+                "test_jax_checkpoints_move_between_device_counts"),
+}
+WORKERS = 3
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory, mnist_root):
+    """{name: (Future of the job's result, its out-dir)} for the jobs the selected tests use
+    (`pytest -k` starts no others); a test that asks for a result waits for it, and a job's
+    failure fails the tests that use it."""
+    here = request.node.nodeid
+    selected = {item.originalname for item in request.session.items
+                if item.nodeid.startswith(here + "::")}
+    root = tmp_path_factory.mktemp("dp")
+    dirs = {name: root / name.replace(" ", "-").replace(",", "") for name in JOBS}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        yield {name: (pool.submit(job, dirs[name]), dirs[name])
+               for name, (job, *tests) in JOBS.items() if selected & set(tests)}
+
+
+def finished(runs, *names):
+    """Wait for the named jobs (raising a job's failure here); their out-dirs."""
+    for name in names:
+        runs[name][0].result()
+    return [runs[name][1] for name in names]
+
+
+def test_torchrun_two_processes_equal_one(runs):
+    result = runs["torch two"][0].result()
+    assert "x 2 processes (gloo, DistributedDataParallel)" in result.stderr
+    assert result.stdout.count("test accuracy") == 1  # only rank 0 reports
+    two, one = finished(runs, "torch two", "torch one")
+    assert_close_runs(two, one)
+    metrics, _ = read_run(two)
+    assert "2 processes" in metrics["device"]
+
+
+def test_torch_checkpoints_move_between_process_counts(runs):
+    """Half the steps on 2 processes, the rest resumed on one; and the reverse."""
+    *resumed, one = finished(runs, "torch many-then-one", "torch one-then-many", "torch one")
+    for out_dir in resumed:
+        assert_close_runs(out_dir, one)
+
+
+def test_jax_two_devices_equal_one(runs):
+    result = runs["jax two"][0].result()
+    assert "x 2 devices" in result.stderr
+    assert_close_runs(*finished(runs, "jax two", "jax one"))
+
+
+def test_jax_distributed_two_processes_equal_one(runs):
+    results, out_dir = runs["jax distributed"][0].result()
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 devices on 2 processes" in results[0].stderr
     assert "test accuracy" in results[0].stdout
     assert "test accuracy" not in results[1].stdout  # only process 0 reports and writes
-    assert_close_runs(out_dir, flax_runs / "one")
+    assert_close_runs(out_dir, *finished(runs, "jax one"))
 
 
-def test_jax_checkpoints_move_between_device_counts(flax_runs, tmp_path):
-    assert_resumes_across_counts(flax_train, {"devices": 2}, flax_runs / "one", tmp_path)
+def test_jax_checkpoints_move_between_device_counts(runs):
+    """Half the steps on 2 devices, the rest resumed on one; and the reverse."""
+    *resumed, one = finished(runs, "jax many-then-one", "jax one-then-many", "jax one")
+    for out_dir in resumed:
+        assert_close_runs(out_dir, one)
 
 
-def test_jax_batch_not_divisible_by_devices_is_padded_and_masked(tmp_path, mnist_root):
-    # 3 devices, batch 100 (and evaluation batches of 1000): each is padded by 2 masked images.
-    concurrently(lambda: flax_train(tmp_path / "one", "--max-steps", 5, "--batch-size", 100),
-                 lambda: flax_train(tmp_path / "three", "--max-steps", 5, "--batch-size", 100,
-                                    devices=3))
-    assert_close_runs(tmp_path / "three", tmp_path / "one", steps=5)
+def test_jax_batch_not_divisible_by_devices_is_padded_and_masked(runs):
+    assert_close_runs(*finished(runs, "jax three, batch 100", "jax one, batch 100"), steps=5)
