@@ -6,6 +6,7 @@ functions; `torch_impl/backend.py` defines the same names with the same paramete
 `TrainState` (params, Optax Adam state, step), updated by pure jitted functions.
 """
 
+import functools
 import os
 import platform
 
@@ -88,17 +89,27 @@ def memory_format(placement):
     return "NHWC"
 
 
-def create_model(placement):
-    """The CNN; on the CPU with `xla_cpu.max_pool` (the same numbers; its gradient is faster
-    there than XLA's `select_and_scatter`); other platforms get the stock module."""
-    if placement.device.platform == "cpu":
-        return CNN(max_pool=xla_cpu.max_pool)
-    return CNN()
-
-
 # Forward-only graphs (evaluation, logits) use the stock module on every platform: the CPU pool
 # of `create_model` pays off in the gradient, and its forward is bit-identical to the stock one.
 INFERENCE_MODEL = CNN()
+_CPU_MODEL = CNN(max_pool=xla_cpu.max_pool)
+
+
+def create_model(placement):
+    """The CNN; on the CPU with `xla_cpu.max_pool` (the same numbers; its gradient is faster
+    there than XLA's `select_and_scatter`); other platforms get the stock module.
+
+    One instance per kind: a Linen module holds no state, and a train state's `apply_fn` is a
+    static field that `jit` keys its cache on, so a new module would compile the train step
+    again for every new state in a process (the seed study, the benchmark, the tests)."""
+    return _CPU_MODEL if placement.device.platform == "cpu" else INFERENCE_MODEL
+
+
+@functools.cache
+def _adam(lr):
+    """Optax Adam with torch.optim.Adam's defaults: betas (0.9, 0.999), eps 1e-8 (outside the
+    sqrt). One per learning rate, for the reason of `create_model`: `tx` is static too."""
+    return optax.adam(learning_rate=lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
 @jax.jit
@@ -115,9 +126,8 @@ def create_train_state(config, placement):
     rng, init_rng = jax.random.split(rng)
     model = create_model(placement)
     params = _initial_params(init_rng)
-    # torch.optim.Adam's defaults: betas (0.9, 0.999), eps 1e-8 (eps outside the sqrt).
-    tx = optax.adam(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, placement=placement)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=_adam(config.lr),
+                              placement=placement)
     return _put(placement, state)
 
 
