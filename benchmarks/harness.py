@@ -35,6 +35,7 @@ from mnist_common import rundir
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError, describe
 from mnist_common.fileio import foreign, say
+from mnist_common.reporting import cpu_model
 from torch_impl import backend as torch_backend
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
@@ -279,17 +280,6 @@ def find_devices(requested, precision):
     if requested == "gpu" and not devices:
         raise UsageError("--device gpu: neither PyTorch nor JAX sees a GPU")
     return devices
-
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def package_versions():

@@ -53,6 +53,19 @@ def plot_losses(path, metrics, before_replace=None):
     plt.close(fig)
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere), for the
+    benchmark's and the parity report's machine lines."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def summary_line(metrics):
     """One line a person reads at the end of a run."""
     return (f"{metrics['framework']}: test accuracy {100 * metrics['test_accuracy']:.2f} % "

@@ -4,13 +4,12 @@ Every parity check records what it measured against its bound (`margins.record`)
 ends with that table, and `--parity-report DIR` also writes it with its figures.
 """
 
-import platform
-
 import pytest
 from margins import RECORDS, refusal, text_table, write_report
 from parity_helpers import TORCH_CPU
 
 from mnist_common.config import Config
+from mnist_common.reporting import cpu_model
 from torch_impl import backend as torch_backend
 
 
@@ -24,17 +23,9 @@ def canonical_weights():
 
 def _machine():
     """The CPU model and thread count, for the report."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            models = [line.split(":", 1)[1].strip() for line in cpuinfo
-                      if line.startswith("model name")]
-        name = models[0] if models else name
-    except OSError:
-        pass
     import torch
 
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

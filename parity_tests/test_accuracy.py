@@ -5,11 +5,15 @@ Accuracy alone is a weak check: six planted porting bugs moved the accuracy gap 
 0.0002-0.0014 (the bound is 0.002). What the two models predict for each test image says more:
 after one epoch from the same weights, Flax and torch may disagree only on images where float32
 noise alone already makes torch disagree with itself. That noise is measured in the same run:
-torch trained again with two variations that are the same mathematics in other summation
-orders (the memory layout the engine does not use: NCHW where it trains channels_last; each
-batch's examples reversed, as in
-test_trajectory.py). Flax's disagreements with torch may be at most NOISE_FACTOR times the
-larger of the two torch-vs-torch counts.
+torch trained again in the memory layout the engine does not use (NCHW where it trains
+channels_last, and the reverse on a GPU), the same mathematics through other kernels, which is
+what sets Flax apart from torch too. Flax's disagreements with torch may be at most
+NOISE_FACTOR times that torch-vs-torch count.
+
+One variation, not more: each costs a torch epoch (~30 s of the suite). A second one, each
+batch's examples reversed (test_trajectory.py keeps it over 100 steps), measured the same scale
+(38 images against the layout's 42, 2-core AMD EPYC, 2026-12-01), and a bound from the larger of
+two counts can only be looser than one from either.
 """
 
 import pytest
@@ -43,14 +47,7 @@ def _other_layout_step(step):
     return train_step
 
 
-def _reversed_batch_step(step):
-    def train_step(state, batch):
-        images, labels, *rest = batch
-        return step(state, (images.flip(0), labels.flip(0), *rest))
-    return train_step
-
-
-TORCH_VARIATIONS = {"other_layout": _other_layout_step, "reversed_batch": _reversed_batch_step}
+TORCH_VARIATIONS = {"other_layout": _other_layout_step}
 
 
 def one_epoch(out_dir, mnist_root, backend, placement, state, variation=None):

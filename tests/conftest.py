@@ -55,26 +55,6 @@ def tmpfs(tmp_path):
         yield lambda size: stack.enter_context(mounted_tmpfs(tmp_path / "small", size))
 
 
-@pytest.fixture(scope="module")
-def jax_compile_cache(tmp_path_factory):
-    """A persistent XLA cache for this module: each new Flax train state recompiles otherwise."""
-    import jax
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    previous = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla-cache")))
-    jax.config.update(names[1], 0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in previous.items():
-        jax.config.update(name, value)
-    from jax._src import compilation_cache
-
-    if hasattr(compilation_cache, "reset_cache"):
-        compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory):
     """Canonical weights of torch's seed-0 initialisation, as a run would write them."""

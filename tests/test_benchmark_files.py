@@ -19,9 +19,18 @@ COMMITTED = REPO / "benchmarks" / "results"  # a complete result of this benchma
 SIGNAL_TIMEOUT_S = 300
 
 
+def _start_run(*args, env=None):
+    return subprocess.Popen([sys.executable, str(RUN), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+
+
+def _finish(process, timeout=300):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def _run(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)
+    return _finish(_start_run(*args, env=env), timeout)
 
 
 def _import(name):
@@ -151,10 +160,10 @@ def test_missing_gpu_leaves_no_out_dir_and_no_scratch_dir(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
            "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(REPO)}
     (tmp_path / "tmp").mkdir()
-    done = _run("--device", "gpu", "--out-dir", str(tmp_path / "new" / "out"), env=env)
-    _one_error_line(done, "--device gpu")
-    done = _run("--quick", "--device", "gpu", env=env)
-    _one_error_line(done, "--device gpu")
+    started = [_start_run("--device", "gpu", "--out-dir", str(tmp_path / "new" / "out"), env=env),
+               _start_run("--quick", "--device", "gpu", env=env)]  # side by side
+    for process in started:
+        _one_error_line(_finish(process), "--device gpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
     assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("mnist-bench")]
 

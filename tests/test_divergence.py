@@ -34,7 +34,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_mnist, torch_re
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_huge_lr_really_diverges(framework, small_mnist, jax_compile_cache, tmp_path):
+def test_huge_lr_really_diverges(framework, small_mnist, tmp_path):
     """--lr 1e30 makes the loss NaN at step 2, for real: no outputs, no checkpoint."""
     with pytest.raises(UsageError) as err:
         train_config(framework, tmp_path, epochs=1, lr=1e30)
@@ -82,8 +82,7 @@ def test_non_finite_weights_are_never_checkpointed(small_mnist, tmp_path, monkey
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_a_failed_run_removes_the_directories_it_created(framework, small_mnist,
-                                                         jax_compile_cache, tmp_path, capsys):
+def test_a_failed_run_removes_the_directories_it_created(framework, small_mnist, tmp_path, capsys):
     (tmp_path / "kept").mkdir()
     out_dir = tmp_path / "kept" / "a" / "b"
     code, _, err = train_cli(framework, out_dir, capsys, "--lr", "1e30")

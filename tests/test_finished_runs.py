@@ -27,7 +27,7 @@ def copy_of(run, tmp_path):
 
 @pytest.mark.data
 def test_other_framework_does_not_replace_a_finished_run(torch_finished, small_mnist,
-                                                         jax_compile_cache, tmp_path, capsys):
+                                                         tmp_path, capsys):
     out_dir = copy_of(torch_finished, tmp_path)
     before = outputs(out_dir)
     code, out, err = train_cli("flax", out_dir, capsys, "--max-steps", 3, epochs=3)
@@ -63,8 +63,7 @@ def test_other_flags_do_not_replace_a_finished_run(torch_finished, small_mnist, 
 
 @pytest.mark.data
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_the_same_command_twice_just_trains_again(framework, small_mnist, jax_compile_cache,
-                                                  tmp_path, capsys):
+def test_the_same_command_twice_just_trains_again(framework, small_mnist, tmp_path, capsys):
     out_dir = tmp_path / "run"
     for _ in range(2):
         code, out, err = train_cli(framework, out_dir, capsys, "--max-steps", 2, epochs=3)
@@ -82,8 +81,7 @@ def test_the_same_command_twice_just_trains_again(framework, small_mnist, jax_co
 
 
 @pytest.mark.data
-def test_fresh_run_replaces_a_finished_run_only_when_asked(small_mnist, torch_finished,
-                                                           tmp_path):
+def test_fresh_run_replaces_a_finished_run_only_when_asked(small_mnist, torch_finished, tmp_path):
     out_dir = tmp_path / "copy"
     shutil.copytree(torch_finished, out_dir)
     with pytest.raises(UsageError, match="made with --max-steps 3, not 2; pass --overwrite"):

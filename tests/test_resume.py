@@ -44,7 +44,7 @@ def test_torch_resume_chain_is_bit_identical(small_mnist, torch_reference, tmp_p
     assert_same_run(out_dir, torch_reference)
 
 
-def test_flax_resume_chain_is_bit_identical(small_mnist, jax_compile_cache, tmp_path, capsys):
+def test_flax_resume_chain_is_bit_identical(small_mnist, tmp_path, capsys):
     reference, out_dir = tmp_path / "reference", tmp_path / "run"
     train_config("flax", reference, epochs=2)
     train_config("flax", out_dir, epochs=2, max_steps=3)

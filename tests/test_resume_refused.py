@@ -111,8 +111,7 @@ def test_resume_below_the_checkpoint_is_refused(small_mnist, torch_finished):
 
 
 @pytest.mark.data
-def test_resume_with_the_other_framework_is_refused(small_mnist, jax_compile_cache,
-                                                    torch_finished):
+def test_resume_with_the_other_framework_is_refused(small_mnist, torch_finished):
     with pytest.raises(UsageError, match="written by python -m torch_impl.train"):
         train_config("flax", torch_finished, epochs=3, resume=True)
 

@@ -93,7 +93,7 @@ def signal_at_step(monkeypatch, framework, step, *signums):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_sigterm_saves_a_checkpoint_and_exits_143(framework, small_mnist, jax_compile_cache,
+def test_sigterm_saves_a_checkpoint_and_exits_143(framework, small_mnist,
                                                   tmp_path, monkeypatch, capsys):
     signal_at_step(monkeypatch, framework, 10, signal.SIGTERM)
     out_dir = tmp_path / "run"
@@ -111,7 +111,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(framework, small_mnist, jax_co
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_second_ctrl_c_quits_at_once_keeping_the_last_checkpoint(
-        framework, small_mnist, jax_compile_cache, tmp_path, monkeypatch, capsys):
+        framework, small_mnist, tmp_path, monkeypatch, capsys):
     # Two Ctrl-C at step 10: the first asks for a stop at the step boundary, the second gets
     # Python's own handler back and quits at once, before the stop writes step 10's checkpoint.
     signal_at_step(monkeypatch, framework, 10, signal.SIGINT, signal.SIGINT)

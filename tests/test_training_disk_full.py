@@ -78,7 +78,7 @@ def final_model(path):
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("when", [in_checkpoint, optimizer_in_checkpoint],
                          ids=["model file", "optimizer file"])
-def test_checkpoint_write_on_a_full_disk(framework, when, small_mnist, jax_compile_cache,
+def test_checkpoint_write_on_a_full_disk(framework, when, small_mnist,
                                          tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "run"
     before = finished_run(framework, out_dir, capsys)
@@ -128,7 +128,7 @@ OUTPUT_FAILURES = {
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("output", OUTPUT_FAILURES)
-def test_final_output_write_on_a_full_disk(framework, output, small_mnist, jax_compile_cache,
+def test_final_output_write_on_a_full_disk(framework, output, small_mnist,
                                            tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "run"
     before = finished_run(framework, out_dir, capsys)
@@ -170,7 +170,7 @@ def fill(mount_point, leave):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_real_full_filesystem(framework, small_mnist, jax_compile_cache, tmpfs, capsys):
+def test_real_full_filesystem(framework, small_mnist, tmpfs, capsys):
     small_filesystem = tmpfs("16m")  # skipped where mounting is not permitted
     out_dir = small_filesystem / "run"
     before = finished_run(framework, out_dir, capsys)

@@ -23,8 +23,7 @@ def tree(directory):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_checkpoints_folder_keeps_the_users_files(framework, small_mnist, jax_compile_cache,
-                                                  tmp_path, capsys):
+def test_checkpoints_folder_keeps_the_users_files(framework, small_mnist, tmp_path, capsys):
     out_dir = tmp_path / "run"
     mine = checkpoint_root(out_dir)
     (mine / "old").mkdir(parents=True)
@@ -71,8 +70,7 @@ def test_output_names_held_by_the_user_are_refused(framework, metrics, tmp_path,
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_a_file_put_in_place_of_an_output_is_the_users(framework, small_mnist, jax_compile_cache,
-                                                       tmp_path, capsys):
+def test_a_file_put_in_place_of_an_output_is_the_users(framework, small_mnist, tmp_path, capsys):
     out_dir = tmp_path / "run"
     code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", 3)
     assert code == 0, err
