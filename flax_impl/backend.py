@@ -115,7 +115,7 @@ def _adam(lr):
 @jax.jit
 def _initial_params(init_rng):
     """The seeded initial parameters as one compiled program: Flax's `init` run eagerly compiles
-    its ~60 operations one by one (7.2 s in a new process on a 2-core EPYC, against 4.2 s), to
+    its ~60 operations one by one (7.2 s in a new process on a 2-core EPYC, against 4.7 s), to
     the same values bit for bit (jax.random's draws are jitted functions either way). The pool
     has no parameters, so the stock module serves every platform."""
     return INFERENCE_MODEL.init(init_rng, jnp.ones((1, 28, 28, 1), jnp.float32))["params"]

@@ -102,3 +102,18 @@ def test_ks_p_value_matches_known_values():
     assert abs(ks_p_value(1.628 / np.sqrt(big / 2), big, big) - 0.01) < 1e-3
     rng = np.random.default_rng(0)
     assert ks_statistic(rng.random(1000), rng.random(1000) * 0.5) > 0.4
+
+
+def test_the_engines_draws_are_flax_inits_own():
+    """The engine draws its initial weights in one jitted program; they are, bit for bit, what
+    Flax's `init` of the module gives run eagerly, op by op (what a Flax user writes)."""
+    from flax_impl.model import CNN
+
+    for seed in (0, 1):
+        params = flax_backend.create_train_state(Config(seed=seed), FLAX_CPU).params
+        _, init_rng = jax.random.split(jax.random.PRNGKey(seed))
+        eager = CNN().init(init_rng, np.ones((1, 28, 28, 1), np.float32))["params"]
+        pairs = zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(eager),
+                    strict=True)
+        for (path, ours), theirs in pairs:
+            assert np.array_equal(np.asarray(ours), np.asarray(theirs)), jax.tree_util.keystr(path)

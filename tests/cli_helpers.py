@@ -35,8 +35,8 @@ EVALUATE = {"torch": torch_evaluate.main, "flax": flax_evaluate.main}
 
 
 # One persistent XLA cache for the session's subprocesses: each new process would otherwise
-# compile the same Flax train step, evaluation and initialisation again (7-8 s of a 5-step run's
-# 21 s on a 2-core EPYC). A cached executable is the one a fresh compile gives: tested in
+# compile the same Flax train step, evaluation and initialisation again (6-8 s of a 5-step run's
+# 19-21 s on a 2-core EPYC). A cached executable is the one a fresh compile gives: tested in
 # test_run_outputs.py, whose reference run compiles its own (JAX_COMPILATION_CACHE_DIR=None).
 _XLA_CACHE = tempfile.TemporaryDirectory(prefix="mnist-cnn-parity-tests-xla-")
 XLA_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": _XLA_CACHE.name,

@@ -134,7 +134,8 @@ def jax_distributed(out_dir):
 # Every CLI run of this module, by name: (function of the module's tmp dir, the tests using it).
 # They are independent, so they all start together, WORKERS at a time: each run spends much of
 # its time in one core (imports, compiling), and their numbers do not depend on what else the
-# machine runs. The slowest come first.
+# machine runs. The slowest come first. (pytest --durations lists their time under the first
+# test that waits.)
 JOBS = {
     "torch many-then-one": (lambda d: two_legs(torch_train, d, {"processes": 2}, {}),
                             "test_torch_checkpoints_move_between_process_counts"),
