@@ -87,10 +87,12 @@ def assert_close_runs(actual_dir, expected_dir, steps=STEPS):
     assert abs(actual_metrics["test_correct"] - expected_metrics["test_correct"]) <= 2
 
 
-def two_legs(train, out_dir, first, then):
-    """Half the steps with `first`'s count, the rest resumed with `then`'s; the out-dir."""
-    train(out_dir, "--max-steps", STEPS // 2, **first)
-    train(out_dir, "--max-steps", STEPS, "--resume", **then)
+def one_many_one(train, out_dir, many):
+    """A third of the steps on one, a third resumed on `many`, the rest resumed on one again:
+    a checkpoint moves from one to many and from many to one in a single run; the out-dir."""
+    train(out_dir, "--max-steps", STEPS // 3)
+    train(out_dir, "--max-steps", 2 * STEPS // 3, "--resume", **many)
+    train(out_dir, "--max-steps", STEPS, "--resume")
     return out_dir
 
 
@@ -137,14 +139,10 @@ def jax_distributed(out_dir):
 # machine runs. The slowest come first. (pytest --durations lists their time under the first
 # test that waits.)
 JOBS = {
-    "torch many-then-one": (lambda d: two_legs(torch_train, d, {"processes": 2}, {}),
-                            "test_torch_checkpoints_move_between_process_counts"),
-    "torch one-then-many": (lambda d: two_legs(torch_train, d, {}, {"processes": 2}),
-                            "test_torch_checkpoints_move_between_process_counts"),
-    "jax many-then-one": (lambda d: two_legs(flax_train, d, {"devices": 2}, {}),
-                          "test_jax_checkpoints_move_between_device_counts"),
-    "jax one-then-many": (lambda d: two_legs(flax_train, d, {}, {"devices": 2}),
-                          "test_jax_checkpoints_move_between_device_counts"),
+    "torch one-two-one": (lambda d: one_many_one(torch_train, d, {"processes": 2}),
+                          "test_torch_checkpoints_move_between_process_counts"),
+    "jax one-two-one": (lambda d: one_many_one(flax_train, d, {"devices": 2}),
+                        "test_jax_checkpoints_move_between_device_counts"),
     "jax distributed": (jax_distributed, "test_jax_distributed_two_processes_equal_one"),
     "torch two": (lambda d: torch_train(d, "--max-steps", STEPS, processes=2),
                   "test_torchrun_two_processes_equal_one"),
@@ -199,10 +197,8 @@ def test_torchrun_two_processes_equal_one(runs):
 
 
 def test_torch_checkpoints_move_between_process_counts(runs):
-    """Half the steps on 2 processes, the rest resumed on one; and the reverse."""
-    *resumed, one = finished(runs, "torch many-then-one", "torch one-then-many", "torch one")
-    for out_dir in resumed:
-        assert_close_runs(out_dir, one)
+    """Resumed from 1 process on 2, then from 2 on 1: the run equals the uninterrupted one."""
+    assert_close_runs(*finished(runs, "torch one-two-one", "torch one"))
 
 
 def test_jax_two_devices_equal_one(runs):
@@ -222,10 +218,8 @@ def test_jax_distributed_two_processes_equal_one(runs):
 
 
 def test_jax_checkpoints_move_between_device_counts(runs):
-    """Half the steps on 2 devices, the rest resumed on one; and the reverse."""
-    *resumed, one = finished(runs, "jax many-then-one", "jax one-then-many", "jax one")
-    for out_dir in resumed:
-        assert_close_runs(out_dir, one)
+    """Resumed from 1 device on 2, then from 2 on 1: the run equals the uninterrupted one."""
+    assert_close_runs(*finished(runs, "jax one-two-one", "jax one"))
 
 
 def test_jax_batch_not_divisible_by_devices_is_padded_and_masked(runs):

@@ -7,6 +7,7 @@ import math
 import pytest
 from cli_helpers import assert_usage_error, run_in_process
 
+from mnist_common import data
 from parity_tests import seed_study
 
 
@@ -52,7 +53,13 @@ def test_out_in_a_missing_directory_is_refused_before_the_study(tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_a_tiny_study_writes_and_then_replaces_its_own_output(tmp_path, capsys):
+def test_a_tiny_study_writes_and_then_replaces_its_own_output(real_splits, monkeypatch, tmp_path,
+                                                              capsys):
+    # The first 512 training and 500 test images of the real MNIST: two full batches, and an
+    # evaluation a twentieth of the whole test set's (each study evaluates four times).
+    (train_x, train_y), (test_x, test_y) = real_splits
+    splits = {True: (train_x[:512], train_y[:512]), False: (test_x[:500], test_y[:500])}
+    monkeypatch.setattr(data, "load_arrays", lambda root, train: splits[train])
     out = tmp_path / "study.json"
     for _ in range(2):  # the second run replaces the first run's file
         code, printed, err = study(["--seeds", "2", "--steps", "2", "--no-progress",
