@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import finish, start_python
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
@@ -19,18 +20,9 @@ COMMITTED = REPO / "benchmarks" / "results"  # a complete result of this benchma
 SIGNAL_TIMEOUT_S = 300
 
 
-def _start_run(*args, env=None):
-    return subprocess.Popen([sys.executable, str(RUN), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-
-
-def _finish(process, timeout=300):
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
 def _run(*args, env=None, timeout=300):
-    return _finish(_start_run(*args, env=env), timeout)
+    return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env)
 
 
 def _import(name):
@@ -160,10 +152,10 @@ def test_missing_gpu_leaves_no_out_dir_and_no_scratch_dir(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
            "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(REPO)}
     (tmp_path / "tmp").mkdir()
-    started = [_start_run("--device", "gpu", "--out-dir", str(tmp_path / "new" / "out"), env=env),
-               _start_run("--quick", "--device", "gpu", env=env)]  # side by side
+    started = [start_python(RUN, "--device", "gpu", "--out-dir", tmp_path / "new" / "out", env=env),
+               start_python(RUN, "--quick", "--device", "gpu", env=env)]  # side by side
     for process in started:
-        _one_error_line(_finish(process), "--device gpu")
+        _one_error_line(finish(process), "--device gpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
     assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("mnist-bench")]
 

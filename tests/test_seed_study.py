@@ -6,8 +6,8 @@ import math
 
 import pytest
 from cli_helpers import assert_usage_error, run_in_process
+from training_helpers import use_small_mnist
 
-from mnist_common import data
 from parity_tests import seed_study
 
 
@@ -57,9 +57,7 @@ def test_a_tiny_study_writes_and_then_replaces_its_own_output(real_splits, monke
                                                               capsys):
     # The first 512 training and 500 test images of the real MNIST: two full batches, and an
     # evaluation a twentieth of the whole test set's (each study evaluates four times).
-    (train_x, train_y), (test_x, test_y) = real_splits
-    splits = {True: (train_x[:512], train_y[:512]), False: (test_x[:500], test_y[:500])}
-    monkeypatch.setattr(data, "load_arrays", lambda root, train: splits[train])
+    use_small_mnist(monkeypatch, real_splits, train=512, test=500)
     out = tmp_path / "study.json"
     for _ in range(2):  # the second run replaces the first run's file
         code, printed, err = study(["--seeds", "2", "--steps", "2", "--no-progress",

@@ -14,13 +14,12 @@ SMALL_TRAIN = 100  # with --batch-size 16: 7 steps per epoch, the last one 4 ima
 SMALL_TEST = 200
 
 
-def use_small_mnist(monkeypatch, real_splits):
-    """Make training read the first SMALL_TRAIN training and SMALL_TEST test images."""
+def use_small_mnist(monkeypatch, real_splits, train=SMALL_TRAIN, test=SMALL_TEST):
+    """Make training read the first `train` training and `test` test images."""
     from mnist_common import data
 
     (train_x, train_y), (test_x, test_y) = real_splits
-    splits = {True: (train_x[:SMALL_TRAIN], train_y[:SMALL_TRAIN]),
-              False: (test_x[:SMALL_TEST], test_y[:SMALL_TEST])}
+    splits = {True: (train_x[:train], train_y[:train]), False: (test_x[:test], test_y[:test])}
     monkeypatch.setattr(data, "load_arrays", lambda root, train: splits[train])
     return splits
 
