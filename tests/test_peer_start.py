@@ -13,8 +13,7 @@ import time
 import jax
 import pytest
 import torch.distributed
-from cli_helpers import (TRAIN, assert_usage_error, cli_env, finish, run_in_process,
-                         start_cli)
+from cli_helpers import TRAIN, assert_usage_error, cli_env, finish, run_in_process, start_cli
 
 from mnist_common.config import FRAMEWORKS, program
 
