@@ -33,9 +33,9 @@ def test_flax_weights_are_the_same_bits_with_jax_enable_x64(capsys):
         actual = weights_after_three_steps()
     finally:
         jax.config.update("jax_enable_x64", False)
-    assert capsys.readouterr().err == ("flax: JAX_ENABLE_X64 ignored: the engine computes in "
-                                       "float32\n")
     assert actual.keys() == expected.keys()
     for key in expected:
         assert actual[key].dtype == np.float32, key
         assert actual[key].tobytes() == expected[key].tobytes(), key
+    assert capsys.readouterr().err == ("flax: JAX_ENABLE_X64 ignored: the engine computes in "
+                                       "float32\n")

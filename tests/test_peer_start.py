@@ -90,14 +90,20 @@ def test_a_process_without_peers_says_what_it_waits_for_and_gives_up(tmp_path):
                                       "--no-progress", "--out-dir", tmp_path / framework,
                                       env=cli_env(MNIST_PEER_TIMEOUT="2", **env[framework]))
                  for framework in FRAMEWORKS}
-    for framework, process in processes.items():
-        done = finish(process, timeout=120)  # without the limit: 30 min (torch), 5 (JAX)
-        address = f"127.0.0.1:{port[framework]}"
-        waiting, *rest = [line for line in done.stderr.splitlines() if line.strip()]
-        assert waiting == (f"process 0 of 2: waiting up to 2 s for the others at {address} "
-                           f"(MNIST_PEER_TIMEOUT=SECONDS waits longer)"), done.stderr
-        assert_usage_error(done.returncode, "\n".join(rest), program(framework),
-                           f"the 2 processes did not all meet at {address} within 2 s",
-                           "MNIST_PEER_TIMEOUT=SECONDS")
-        assert done.stdout == "" and not (tmp_path / framework).exists()
+    try:
+        for framework, process in processes.items():
+            done = finish(process, timeout=120)  # without the limit: 30 min (torch), 5 (JAX)
+            address = f"127.0.0.1:{port[framework]}"
+            waiting, *rest = [line for line in done.stderr.splitlines() if line.strip()]
+            assert waiting == (f"process 0 of 2: waiting up to 2 s for the others at {address} "
+                               f"(MNIST_PEER_TIMEOUT=SECONDS waits longer)"), done.stderr
+            assert_usage_error(done.returncode, "\n".join(rest), program(framework),
+                               f"the 2 processes did not all meet at {address} within 2 s",
+                               "MNIST_PEER_TIMEOUT=SECONDS")
+            assert done.stdout == "" and not (tmp_path / framework).exists()
+    finally:  # a failure above leaves no process waiting
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert time.monotonic() - began < 100
