@@ -18,10 +18,11 @@ from cli_helpers import (
     run_cli_subprocess,
     run_in_process,
 )
+from data_helpers import MANIFEST, good_source
 
 from mnist_common.config import FRAMEWORKS, program
-from mnist_common.data import MNIST_FILES, raw_dir
-from mnist_common.errors import run_cli
+from mnist_common.data import LOCK_NAME, MNIST_FILES, prepare_data, raw_dir
+from mnist_common.errors import UsageError, run_cli
 
 NOT_UTF8 = os.fsdecode(b"mod\xe8le")  # the name as Python holds it: a surrogate escape
 # (a name, stdout's encoding): both once printed show the one byte as \xe8
@@ -146,3 +147,15 @@ def test_a_lock_that_is_a_dangling_link_is_refused_and_kept(framework, small_mni
                        f"{out_dir}/.train.lock is a symbolic link", "remove it")
     assert os.readlink(out_dir / ".train.lock") == str(target)
     assert os.listdir(elsewhere) == [] and os.listdir(out_dir) == [".train.lock"]
+
+
+def test_a_data_lock_that_is_a_dangling_link_is_refused_and_kept(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / LOCK_NAME).symlink_to(elsewhere / "lock")
+    with pytest.raises(UsageError, match=f"{LOCK_NAME} is a symbolic link"):
+        prepare_data(root, files=MANIFEST, sources=[good_source])
+    assert os.readlink(root / LOCK_NAME) == str(elsewhere / "lock")
+    assert os.listdir(elsewhere) == []
