@@ -13,7 +13,15 @@ import time
 import jax
 import pytest
 import torch.distributed
-from cli_helpers import TRAIN, assert_usage_error, cli_env, finish, run_in_process, start_cli
+from cli_helpers import (
+    EVALUATE,
+    TRAIN,
+    assert_usage_error,
+    cli_env,
+    finish,
+    run_in_process,
+    start_cli,
+)
 
 from mnist_common.config import FRAMEWORKS, program
 
@@ -72,6 +80,19 @@ def test_a_bad_start_variable_is_one_line_before_any_wait(case, monkeypatch, tmp
                                     program(framework), capsys)
     assert_usage_error(code, err, program(framework), *words)
     assert out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_evaluate_checks_the_start_variables_too(framework, weights_file, monkeypatch, capsys):
+    monkeypatch.setattr(torch.distributed, "init_process_group", pytest.fail)
+    monkeypatch.setattr(jax.distributed, "initialize", pytest.fail)
+    rank = {"torch": "RANK", "flax": "JAX_PROCESS_ID"}[framework]
+    for name, value in {**START[framework], rank: "5"}.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_in_process(EVALUATE[framework], ["--weights", str(weights_file)],
+                                    program(framework, "evaluate"), capsys)
+    assert_usage_error(code, err, program(framework, "evaluate"), f"{rank}=5", "[0, 1]")
+    assert out == ""
 
 
 def free_port():
