@@ -21,6 +21,7 @@ from flax.training import train_state
 from flax_impl import big_batch, convert, distributed, xla_cpu
 from flax_impl.model import CNN
 from mnist_common.errors import UsageError, first_line
+from mnist_common.fileio import say
 from mnist_common.loaders import PIXELS
 from mnist_common.placement import Placement
 
@@ -67,7 +68,17 @@ def _set_precision(precision, device):
                           "highest" if precision == "highest" else "tensorfloat32")
 
 
+def _compute_in_float32():
+    """The engine computes in float32 whatever the environment says: JAX_ENABLE_X64=1 (or
+    `jax_enable_x64`) changes the weights' bits after a few steps (measured), so it is set off
+    here, and said so."""
+    if jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", False)
+        say("flax: JAX_ENABLE_X64 ignored: the engine computes in float32")
+
+
 def select_placement(device, precision="highest"):
+    _compute_in_float32()
     distributed.init()  # joins the run when JAX_* asked for several processes: before devices
     first = _select_device(device)
     _set_precision(precision, first)

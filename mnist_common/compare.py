@@ -8,7 +8,7 @@ the picture shows it at a glance.
 import json
 from pathlib import Path
 
-from mnist_common.errors import ArgumentParser, UsageError, run_cli
+from mnist_common.errors import ArgumentParser, UsageError, escaped, run_cli
 from mnist_common.fileio import check_path, foreign
 
 PROG = "python -m mnist_common.compare"
@@ -120,7 +120,7 @@ def main(argv=None):
         plot_runs(runs, plot)
     except OSError as err:
         raise UsageError(f"--plot {plot}: cannot write it ({err.strerror or err})") from None
-    print(f"figure: {plot}")
+    print(f"figure: {escaped(plot)}")
 
 
 if __name__ == "__main__":

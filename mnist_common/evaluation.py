@@ -6,7 +6,7 @@ flag answer at once, then hands the engine in (`evaluate_weights`), as the train
 
 
 from mnist_common.config import Config, add_device_flags, program
-from mnist_common.errors import ArgumentParser, UsageError
+from mnist_common.errors import ArgumentParser, UsageError, shown
 from mnist_common.fileio import check_out_file, holds_json_record
 
 
@@ -80,11 +80,12 @@ def evaluate_weights(args, backend):
         "test_correct": evaluation["correct"],
         "test_examples": evaluation["examples"],
     }
-    print(f"{framework}: {args.weights}: test accuracy {100 * evaluation['accuracy']:.2f} % "
-          f"({evaluation['correct']}/{evaluation['examples']}), test loss {evaluation['loss']:.4f}")
-    if args.out:
+    if args.out:  # written before the line is printed: a closed stdout cannot lose it
         try:
             reporting.write_metrics(args.out, metrics)
         except OSError as err:
             raise UsageError(f"--out {args.out}: cannot write it ({err.strerror or err})") from None
+    print(f"{framework}: {shown(args.weights)}: test accuracy "
+          f"{100 * evaluation['accuracy']:.2f} % ({evaluation['correct']}/"
+          f"{evaluation['examples']}), test loss {evaluation['loss']:.4f}")
     return metrics

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_common.errors import UsageError, first_line, shown
+from mnist_common.errors import UsageError, escaped, first_line, shown
 
 try:
     import fcntl
@@ -73,8 +73,8 @@ def check_out_file(path, flag, is_ours, what):
 
 
 def say(message):
-    """A status line on stderr (stdout is for results)."""
-    print(message, file=sys.stderr, flush=True)
+    """A status line on stderr (stdout is for results); a path's newline shown escaped."""
+    print(escaped(message), file=sys.stderr, flush=True)
 
 
 def sha256_file(path):
@@ -157,8 +157,15 @@ def exclusive_lock(lock_path, *, wait=False, on_wait=None):
 
     With `wait` False a lock held by another process raises BlockingIOError; with `wait` True
     this blocks, calling `on_wait()` once first. The kernel releases the lock if we are killed.
+    A symbolic link at `lock_path` is refused (UsageError), never followed.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link: a dangling one would create a file where it points
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        if not os.path.islink(lock_path):
+            raise
+        raise UsageError(f"{shown(lock_path)} is a symbolic link, not a lock file of this "
+                         f"project: remove it ({err.strerror})") from None
     try:
         if fcntl is not None:
             try:

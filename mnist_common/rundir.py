@@ -81,7 +81,7 @@ def locked(out_dir, created):
     an early error leaves no litter.
     """
     lock = Path(out_dir) / LOCK_NAME
-    new_lock = not lock.exists()
+    new_lock = not os.path.lexists(lock)  # a link there is the user's, even a dangling one
     try:
         with exclusive_lock(lock):
             for name in (*OUTPUTS, RECORD_NAME):  # temp files of output writes that were killed
