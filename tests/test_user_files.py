@@ -42,6 +42,28 @@ def test_checkpoints_folder_keeps_the_users_files(framework, small_mnist, tmp_pa
     assert ours == ["step-0000007"] and load_checkpoint(out_dir).progress["global_step"] == 7
 
 
+def test_a_users_file_beside_checkpoint_files_survives_resume_and_overwrite(small_mnist,
+                                                                             tmp_path, capsys):
+    """A note put into the live checkpoint's directory, beside the files a run wrote, after
+    each run: no later save, prune, resume or --overwrite deletes it (torch; the store is one)."""
+    out_dir = tmp_path / "run"
+    notes = {}
+    runs = ((["--max-steps", 3], "step-0000003"), (["--max-steps", 5, "--resume"], "step-0000005"),
+            (["--resume"], "step-0000007"),  # to the epoch's end
+            (["--max-steps", 3, "--overwrite"], "step-0000003-1"))  # step-0000003 is not ours
+    for flags, live in runs:
+        code, _, err = train_cli("torch", out_dir, capsys, *flags)
+        assert code == 0, err
+        assert {path: path.read_text() for path in notes} == notes
+        checkpoint = load_checkpoint(out_dir)
+        assert checkpoint.path.name == live
+        note = checkpoint.path / "notes.txt"
+        notes[note] = f"mine, beside {live}'s files\n"
+        note.write_text(notes[note])
+    assert sorted(p.name for p in checkpoint_root(out_dir).iterdir()) == [
+        "latest", "step-0000003", "step-0000003-1", "step-0000005", "step-0000007"]
+
+
 STRANGERS = {  # what a user's metrics.json may hold; None: there is none
     "no metrics.json": None,
     "not JSON": b"my notes\n",
