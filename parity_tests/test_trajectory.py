@@ -11,16 +11,7 @@ batch's mean as the mean of two halves, the batch's examples reversed), and the 
 are the median and 90th percentile of |w_flax - w_torch| over all 123,222 weights, which
 chaos moves little.
 
-Measured (2-core Intel Xeon, AVX-512, batch 64, real MNIST, seed 0):
-
-run vs shipped torch, |dw| at step 100    median          90th percentile   (max)
-torch variations (the noise)              2.71-2.86e-5    1.25-1.33e-4      2.4-5.1e-3
-bound: 2 x the largest variation          5.7e-5          2.7e-4
-Flax, shipped                             3.3e-5 (0.58x)  1.54e-4 (0.58x)   4.6e-3
-planted: Flax Adam with beta2 0.99        1.9e-4 (3.4x)   6.9e-4 (2.6x)     1.1e-2
-planted: Flax's batches shuffled          1.4e-3 (25x)    5.3e-3 (20x)      2.6e-2
-planted: optax.adamw, weight decay 1e-4   3.8e-5 (0.66x)  1.8e-4 (0.66x)    1.2e-2
-(the factors are of the bound)
+Measured, with the bugs planted to show it can fail: the table in docs/parity.md.
 
 AdamW with weight decay 1e-4 moves a weight by lr * 1e-4 * w = 2e-8 * w per step, below the
 float32 rounding of the weight itself, so no trajectory statistic can tell it from noise; the
