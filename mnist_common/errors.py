@@ -18,7 +18,7 @@ def first_line(err):
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def shown(path, limit=160):
+def short_path(path, limit=160):
     """A path as a message shows it: whole, or its two ends when it is very long."""
     text = str(path)
     return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
