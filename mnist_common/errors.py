@@ -41,7 +41,7 @@ def _escape(char):
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
-def shown(path, limit=160):
+def short_path(path, limit=160):
     """A path as a message shows it: escaped, whole, or its two ends when it is very long."""
     text = escaped(path)
     return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"

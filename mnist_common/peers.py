@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from mnist_common.errors import UsageError, error_line, shown
+from mnist_common.errors import UsageError, error_line, short_path
 
 PEER_TIMEOUT_ENV = "MNIST_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 120  # seconds: a start that has not met its peers by then will not
@@ -27,7 +27,7 @@ def whole_number(name, value, low, high=None, bound_by=""):
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise UsageError(f"environment variable {name}={shown(value)} is not a whole "
+        raise UsageError(f"environment variable {name}={short_path(value)} is not a whole "
                          f"number") from None
     if number < low or (high is not None and number >= high):
         upper = f", {high - 1}" if high is not None else " or more"
@@ -45,7 +45,7 @@ def port_number(name, value):
 def host_name(name, value):
     """A host name or address: not empty, no spaces or control characters."""
     if not value or any(c.isspace() or not c.isprintable() for c in value):
-        raise UsageError(f"environment variable {name}={shown(value)}: not a host name or "
+        raise UsageError(f"environment variable {name}={short_path(value)}: not a host name or "
                          f"address")
     return value
 
@@ -54,13 +54,13 @@ def host_and_port(name, value):
     """`host:port` (an IPv6 host in brackets, `[::1]:1234`) -> (host, port)."""
     host, colon, port = (value or "").rpartition(":")
     if not colon or not host:
-        raise UsageError(f"environment variable {name}={shown(value)}: not an address "
+        raise UsageError(f"environment variable {name}={short_path(value)}: not an address "
                          f"host:port (e.g. 127.0.0.1:1234)")
     if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise UsageError(f"environment variable {name}={shown(value)}: write an IPv6 host in "
+        raise UsageError(f"environment variable {name}={short_path(value)}: write an IPv6 host in "
                          f"brackets, [::1]:1234")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"environment variable {name}={shown(value)}: its port is not a "
+        raise UsageError(f"environment variable {name}={short_path(value)}: its port is not a "
                          f"number in [1, 65535]")
     return host_name(name, host), int(port)
 
@@ -75,7 +75,7 @@ def peer_timeout():
     except ValueError:
         seconds = float("nan")
     if not 0 < seconds < 10**7:  # also refuses nan and inf
-        raise UsageError(f"environment variable {PEER_TIMEOUT_ENV}={shown(value)} is not a "
+        raise UsageError(f"environment variable {PEER_TIMEOUT_ENV}={short_path(value)} is not a "
                          f"number of seconds > 0")
     return seconds
 
@@ -92,11 +92,11 @@ def waiting_for_peers(count, address, rank, how_to_start):
     seconds = peer_timeout()
     limit = f"{seconds:g} s"
     print(f"process {rank} of {count}: waiting up to {limit} for the others at "
-          f"{shown(address)} ({PEER_TIMEOUT_ENV}=SECONDS waits longer)",
+          f"{short_path(address)} ({PEER_TIMEOUT_ENV}=SECONDS waits longer)",
           file=sys.stderr, flush=True)
 
     def give_up():
-        print(error_line(f"the {count} processes did not all meet at {shown(address)} within "
+        print(error_line(f"the {count} processes did not all meet at {short_path(address)} within "
                          f"{limit}: start each with {how_to_start}, or "
                          f"set {PEER_TIMEOUT_ENV}=SECONDS to wait longer"),
               file=sys.stderr, flush=True)

@@ -8,8 +8,8 @@ import pytest
 from margins import RECORDS, refusal, text_table, write_report
 from parity_helpers import TORCH_CPU
 
+from benchmarks import cpu_model
 from mnist_common.config import Config
-from mnist_common.reporting import cpu_model
 from torch_impl import backend as torch_backend
 
 

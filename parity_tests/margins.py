@@ -10,11 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from mnist_common.fileio import foreign, holds_json_record, write_text_atomic
+from mnist_common.ownership import unowned, write_owned
 
 REPORT_FILES = ("report.md", "report.json", "trajectory.png", "referee.png")
-_REPORT_KEYS = ("checks", "environment", "series")
-_STARTS = {".md": b"# Parity report", ".json": b"{", ".png": b"\x89PNG"}
 RECORDS = []  # one dict per recorded check, in the order the tests ran
 SERIES = {}  # figure data: name -> {label: list of floats}
 
@@ -83,26 +81,9 @@ def markdown_table(entries=None):
     return lines
 
 
-def _earlier_report(directory):
-    """Whether `directory` holds the report.json an earlier --parity-report wrote."""
-    return holds_json_record(Path(directory) / "report.json", _REPORT_KEYS)
-
-
-def foreign_report_files(directory):
-    """The names in REPORT_FILES that are in `directory` but were not written by a report:
-    a report replaces its own files only (each beside an earlier report's report.json)."""
-    earlier = _earlier_report(directory)
-
-    def ours(path):
-        with open(path, "rb") as handle:
-            return earlier and handle.read(16).startswith(_STARTS[path.suffix])
-
-    return [name for name in REPORT_FILES if foreign(Path(directory) / name, ours)]
-
-
 def refusal(directory):
     """The one-line reason a report may not be written into `directory`, or None."""
-    strangers = foreign_report_files(directory)
+    strangers = unowned(directory, REPORT_FILES)
     if not strangers:
         return None
     return (f"--parity-report {directory}: {', '.join(strangers)} "
@@ -123,8 +104,7 @@ def write_report(directory, environment):
     out.mkdir(parents=True, exist_ok=True)
     entries = [{**e, "margin": margin(e),
                 "used": fraction(e) if math.isfinite(fraction(e)) else None} for e in RECORDS]
-    # report.json first: it is what marks the figures and report.md beside it as a report's.
-    write_text_atomic(out / "report.json", json.dumps(
+    write_owned(out / "report.json", json.dumps(
         {"environment": environment, "checks": entries, "series": SERIES}, indent=1) + "\n")
     figures = draw_all(out, RECORDS, SERIES)
     failed = sum(margin(e) < 0 for e in RECORDS)
@@ -132,5 +112,5 @@ def write_report(directory, environment):
              "`used` is measured / bound (bound / measured for a floor): 1 is the edge.", "",
              "Machine: " + environment, "", *markdown_table(), ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_owned(out / "report.md", "\n".join(lines) + "\n")
     return [out / "report.md", out / "report.json", *figures]

@@ -5,11 +5,18 @@ import itertools
 import numpy as np
 import pytest
 from margins import record
-from parity_helpers import flax_state, flax_step, predictions, torch_state, torch_step
+from parity_helpers import (
+    flax_state,
+    flax_step,
+    predictions,
+    torch_state,
+    torch_step,
+    train_batches,
+)
 
 from flax_impl import backend as flax_backend
 from flax_impl import evaluate as flax_evaluate
-from mnist_common import data, loaders
+from mnist_common import data
 from mnist_common.weights import save_weights
 from torch_impl import backend as torch_backend
 from torch_impl import evaluate as torch_evaluate
@@ -23,7 +30,7 @@ def splits(mnist_root):
 def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, splits):
     train_split, test_split = splits
     state = torch_state(canonical_weights)
-    for batch in loaders.train_batches(train_split, seed=1, epoch=0, batch_size=256):
+    for batch in train_batches(train_split, seed=1, epoch=0, batch_size=256):
         state, _ = torch_step(state, batch)
         if state.optimizer.state[state.model.layer[0].weight]["step"] >= 30:
             break
@@ -39,7 +46,7 @@ def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, sp
 def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, splits):
     train_split, test_split = splits
     state = flax_state(canonical_weights)
-    batches = loaders.train_batches(train_split, seed=2, epoch=0, batch_size=128)
+    batches = train_batches(train_split, seed=2, epoch=0, batch_size=128)
     for batch in itertools.islice(batches, 30):
         state, _ = flax_step(state, batch)
     weights, _ = flax_backend.state_to_arrays(state)
@@ -54,7 +61,7 @@ def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, sp
 def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, splits, mnist_root):
     train_split, _ = splits
     state = torch_state(canonical_weights)
-    batches = loaders.train_batches(train_split, seed=3, epoch=0, batch_size=256)
+    batches = train_batches(train_split, seed=3, epoch=0, batch_size=256)
     for batch in itertools.islice(batches, 20):
         state, _ = torch_step(state, batch)
     weights_file = tmp_path / "model.safetensors"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from margins import record
-from parity_helpers import FLAX_CPU, TORCH_CPU
+from parity_helpers import FLAX_CPU, TORCH_CPU, train_batches
 
 from flax_impl import backend as flax_backend
 from mnist_common import data, loaders
@@ -19,7 +19,7 @@ def train_split(mnist_root):
 
 
 def first_batches(train_split, mnist_root, loader, count=3, seed=0, epoch=0, start_step=0):
-    batches = loaders.train_batches(train_split, seed=seed, epoch=epoch, batch_size=256,
+    batches = train_batches(train_split, seed=seed, epoch=epoch, batch_size=256,
                                     loader=loader, root=mnist_root, start_step=start_step)
     return list(itertools.islice(batches, count))
 

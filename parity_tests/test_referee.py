@@ -27,13 +27,14 @@ from parity_helpers import (
     torch_apply,
     torch_loss_and_grads,
     torch_state,
+    train_batches,
 )
 from referee import adam, bounds, network
 from referee import mnist as referee_mnist
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert
-from mnist_common import data, loaders
+from mnist_common import data
 from mnist_common.weights import CANONICAL_SHAPES
 from torch_impl import backend as torch_backend
 
@@ -75,7 +76,7 @@ def batch(mnist_root):
     images, labels = referee_mnist.load_split(mnist_root, train=True)
     indices = referee_mnist.batch_indices(len(labels), 0, 0, BATCH_SIZE)[0]
     split = data.load_arrays(mnist_root, train=True)
-    shared = next(loaders.train_batches(split, seed=0, epoch=0, batch_size=BATCH_SIZE))
+    shared = next(train_batches(split, seed=0, epoch=0, batch_size=BATCH_SIZE))
     return referee_mnist.pixels(images[indices]), labels[indices].astype(np.int64), shared
 
 

@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import pytest
 from margins import record
+from parity_helpers import eval_batches, train_batches
 from referee import mnist as referee_mnist
 from referee.bounds import U
 
@@ -52,7 +53,7 @@ def test_training_batches_are_the_referees(splits):
     for seed, epoch, index in PROBES:
         ours = referee_mnist.batch_indices(len(labels), seed, epoch, BATCH_SIZE)
         assert len(ours) == 235 and len(ours[-1]) == 96  # every image, the last batch partial
-        batches = loaders.train_batches(shared, seed=seed, epoch=epoch, batch_size=BATCH_SIZE,
+        batches = train_batches(shared, seed=seed, epoch=epoch, batch_size=BATCH_SIZE,
                                         start_step=index)
         probed = list(itertools.islice(batches, 1))
         assert probed, f"no batch {index} in epoch {epoch} (the referee's has {len(ours)})"
@@ -71,7 +72,7 @@ def test_training_batches_are_the_referees(splits):
 
 def test_evaluation_batches_are_every_test_image_in_file_order(splits):
     (images, labels), shared = splits[False]
-    seen = list(loaders.eval_batches(shared))
+    seen = list(eval_batches(shared))
     x = np.concatenate([np.asarray(b[0]) for b in seen])
     y = np.concatenate([np.asarray(b[1]) for b in seen])
     record("data: test images the evaluation batches miss or reorder", int(

@@ -30,10 +30,10 @@ import optax
 import pytest
 import torch
 from margins import record, series
-from parity_helpers import flax_state, flax_step, torch_state, torch_step
+from parity_helpers import flax_state, flax_step, torch_state, torch_step, train_batches
 
 from flax_impl import backend as flax_backend
-from mnist_common import data, loaders
+from mnist_common import data
 from mnist_common.weights import CANONICAL_SHAPES
 from torch_impl import backend as torch_backend
 
@@ -55,7 +55,7 @@ class Run(NamedTuple):
 
 def real_batches(mnist_root, count=STEPS, batch_size=BATCH_SIZE):
     train_split = data.load_arrays(mnist_root, train=True)
-    batches = loaders.train_batches(train_split, seed=0, epoch=0, batch_size=batch_size)
+    batches = train_batches(train_split, seed=0, epoch=0, batch_size=batch_size)
     return [(torch.from_numpy(x), torch.from_numpy(y))  # tensors, for the variations below
             for x, y in itertools.islice(batches, count)]
 

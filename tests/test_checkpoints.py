@@ -11,6 +11,7 @@ from safetensors.numpy import save_file
 
 from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint, save_checkpoint
 from mnist_common.errors import UsageError
+from mnist_common.ownership import RECORD_NAME
 from mnist_common.rundir import locked
 from mnist_common.weights import CANONICAL_SHAPES
 
@@ -34,7 +35,8 @@ def assert_holds_step(out_dir, step=None):
 
 
 def entries(out_dir):
-    return sorted(p.name for p in checkpoint_root(out_dir).iterdir())
+    """The store's entries, but for its ownership record."""
+    return sorted(p.name for p in checkpoint_root(out_dir).iterdir() if p.name != RECORD_NAME)
 
 
 def test_round_trip_and_only_the_newest_is_kept(tmp_path):

@@ -20,7 +20,7 @@ from cli_helpers import (
 )
 from data_helpers import MANIFEST, good_source
 
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 from mnist_common.data import LOCK_NAME, MNIST_FILES, prepare_data, raw_dir
 from mnist_common.errors import UsageError, run_cli
 
@@ -68,7 +68,7 @@ def test_evaluate_prints_any_weights_path_and_writes_out(framework, case, weight
     monkeypatch.setattr(sys, "stdout", text_stream(encoding))
     run_cli(EVALUATE[framework], ["--weights", str(weights), "--out", str(out),
                                   "--device", "cpu", "--no-progress"],
-            program(framework, "evaluate"))
+            cli_name(framework, "evaluate"))
     assert printed(sys.stdout).startswith(f"{framework}: {tmp_path}/mod\\xe8le/m.safetensors: "
                                           f"test accuracy ")
     assert json.loads(out.read_text())["weights"] == str(weights)
@@ -101,8 +101,8 @@ ODD_NAMES = {"newline": ("none\nsecond.safetensors", "none\\nsecond.safetensors"
 def test_an_odd_weights_path_is_one_escaped_line(framework, case, tmp_path, capsys):
     name, shown = ODD_NAMES[case]
     code, out, err = run_in_process(EVALUATE[framework], ["--weights", str(tmp_path / name)],
-                                    program(framework, "evaluate"), capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"),
+                                    cli_name(framework, "evaluate"), capsys)
+    assert_usage_error(code, err, cli_name(framework, "evaluate"),
                        f"{tmp_path}/{shown}: no such file")
     assert err.isascii() and err[:-1].isprintable() and out == ""
 
@@ -112,8 +112,8 @@ def test_an_odd_out_dir_is_one_escaped_line(framework, tmp_path, capsys):
     (tmp_path / "file").write_text("keep me")
     out_dir = tmp_path / "file" / "a\nb\x1b[0m"
     code, _, err = run_in_process(TRAIN[framework], ["--out-dir", str(out_dir)],
-                                  program(framework), capsys)
-    assert_usage_error(code, err, program(framework),
+                                  cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework),
                        f"{tmp_path}/file/a\\nb\\x1b[0m: a parent of it is not a directory")
 
 
@@ -142,8 +142,8 @@ def test_a_lock_that_is_a_dangling_link_is_refused_and_kept(framework, small_mni
     (out_dir / ".train.lock").symlink_to(target)
     code, out, err = run_in_process(TRAIN[framework], ["--batch-size", "16", "--max-steps", "1",
                                                        "--no-progress", "--out-dir",
-                                                       str(out_dir)], program(framework), capsys)
-    assert_usage_error(code, err, program(framework),
+                                                       str(out_dir)], cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework),
                        f"{out_dir}/.train.lock is a symbolic link", "remove it")
     assert os.readlink(out_dir / ".train.lock") == str(target)
     assert os.listdir(elsewhere) == [] and os.listdir(out_dir) == [".train.lock"]

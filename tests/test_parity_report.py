@@ -8,6 +8,8 @@ import sys
 import pytest
 from cli_helpers import REPO, cli_env
 
+from mnist_common.ownership import RECORD_NAME
+
 PARITY = REPO / "parity_tests"
 
 
@@ -46,7 +48,8 @@ def test_report_holds_every_check_and_both_figures(margins, tmp_path):
     assert "| loss, max \\|Flax - torch\\| | 2.00e-07 | <= 1.00e-05 |" in text
     for name in ("trajectory.png", "referee.png"):
         assert (tmp_path / "r" / name).read_bytes().startswith(b"\x89PNG")
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(margins.REPORT_FILES)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(
+        [*margins.REPORT_FILES, RECORD_NAME])  # and the record that makes them the project's
 
 
 def test_a_second_report_replaces_the_first(margins, tmp_path):

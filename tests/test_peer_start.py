@@ -23,7 +23,7 @@ from cli_helpers import (
     start_cli,
 )
 
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 
 TORCH_START = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29562"}
 FLAX_START = {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0",
@@ -77,8 +77,8 @@ def test_a_bad_start_variable_is_one_line_before_any_wait(case, monkeypatch, tmp
         monkeypatch.setenv(name, value)
     code, out, err = run_in_process(TRAIN[framework], ["--device", "cpu", "--out-dir",
                                                        str(tmp_path / "out")],
-                                    program(framework), capsys)
-    assert_usage_error(code, err, program(framework), *words)
+                                    cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework), *words)
     assert out == "" and list(tmp_path.iterdir()) == []
 
 
@@ -90,8 +90,8 @@ def test_evaluate_checks_the_start_variables_too(framework, weights_file, monkey
     for name, value in {**START[framework], rank: "5"}.items():
         monkeypatch.setenv(name, value)
     code, out, err = run_in_process(EVALUATE[framework], ["--weights", str(weights_file)],
-                                    program(framework, "evaluate"), capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"), f"{rank}=5", "[0, 1]")
+                                    cli_name(framework, "evaluate"), capsys)
+    assert_usage_error(code, err, cli_name(framework, "evaluate"), f"{rank}=5", "[0, 1]")
     assert out == ""
 
 
@@ -118,7 +118,7 @@ def test_a_process_without_peers_says_what_it_waits_for_and_gives_up(tmp_path):
             waiting, *rest = [line for line in done.stderr.splitlines() if line.strip()]
             assert waiting == (f"process 0 of 2: waiting up to 2 s for the others at {address} "
                                f"(MNIST_PEER_TIMEOUT=SECONDS waits longer)"), done.stderr
-            assert_usage_error(done.returncode, "\n".join(rest), program(framework),
+            assert_usage_error(done.returncode, "\n".join(rest), cli_name(framework),
                                f"the 2 processes did not all meet at {address} within 2 s",
                                "MNIST_PEER_TIMEOUT=SECONDS")
             assert done.stdout == "" and not (tmp_path / framework).exists()
