@@ -6,6 +6,9 @@ implementation from it, element by element (the derivation is in its docstring; 
 fitted). Each check records the largest |framework - referee| / bound over a tensor: 1 is the
 edge. The batch comes from the shared pipeline (the frameworks' side) and from the referee's own
 reading of the IDX files (the referee's side); `test_referee_data.py` holds the two together.
+These bounds carry every earlier layer's rounding, so on the first layers they are far wider than
+the values; `test_referee_layers.py` holds each layer alone to its own rounding, tight enough to
+reject a 1 % error.
 """
 
 import subprocess
