@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 from by_hand import loop_conv
-from referee import adam, bounds, layers
+from referee import adam, bounds, layers, network
 from referee.bounds import U
 
 from mnist_common.weights import CANONICAL_SHAPES
@@ -64,3 +64,21 @@ def test_adams_first_step_moment_bounds():
     g = np.abs(grads["w"].astype(np.float64))
     np.testing.assert_allclose(state.err_m["w"], 0.1 * g * 12 * U, rtol=1e-9)
     np.testing.assert_allclose(state.err_v["w"], 0.001 * g * g * 1003 * U, rtol=1e-9)
+
+
+def test_the_whole_pass_bounds_of_the_first_layer_and_the_last_bias(tiny):
+    params, x, _, _, _ = tiny
+    labels = np.array([1, 4])
+    acts = network.forward(params, x)
+    err = bounds.forward_bounds(params, acts)
+    kernel = np.abs(params["layer.0.weight"])
+    # The pixels are fl(k / 255), within u x; then conv 1's own rounding of 26 terms.
+    by_hand = U * loop_conv(x, kernel) + bounds.gamma(26) * (
+        loop_conv(x * (1 + U), kernel) + np.abs(params["layer.0.bias"])[:, None, None])
+    np.testing.assert_allclose(err["z1"], by_hand, rtol=1e-12)
+    # fc_layer.2.bias's gradient sums dz5 over the batch: dz5's own bound plus gamma_N.
+    _, d = network.backward(params, acts, labels)
+    e_dz5 = bounds.logits_grad_bound(acts, err, labels)
+    np.testing.assert_allclose(
+        bounds.gradient_bounds(params, acts, d, err, labels)["fc_layer.2.bias"],
+        e_dz5.sum(0) + bounds.gamma(2) * (np.abs(d["z5"]) + e_dz5).sum(0), rtol=1e-12)
