@@ -109,10 +109,13 @@ def conv_back(grad, e_grad, a, e_a, kernel, batch_gamma=gamma):
     bounds the sums over examples and positions."""
     k, g, x = np.abs(kernel), np.abs(grad) + e_grad, np.abs(a) + e_a
     terms = grad.shape[0] * grad.shape[2] * grad.shape[3]  # examples x output positions
-    e_input = network.conv_input_grad(e_grad, k) + gamma(kernel.shape[0] * 25) * \
-        network.conv_input_grad(g, k)
-    e_kernel = (network.conv_weight_grad(e_grad, x) + network.conv_weight_grad(np.abs(grad), e_a)
-                + batch_gamma(terms) * network.conv_weight_grad(g, x))
+    e_input = gamma(kernel.shape[0] * 25) * network.conv_input_grad(g, k)
+    e_kernel = batch_gamma(terms) * network.conv_weight_grad(g, x)
+    if e_grad.any():  # error arriving from above (none for a layer checked alone)
+        e_input = e_input + network.conv_input_grad(e_grad, k)
+        e_kernel = e_kernel + network.conv_weight_grad(e_grad, x)
+    if e_a.any():
+        e_kernel = e_kernel + network.conv_weight_grad(np.abs(grad), e_a)
     e_bias = e_grad.sum((0, 2, 3)) + batch_gamma(terms) * g.sum((0, 2, 3))
     return e_input, e_kernel, e_bias
 

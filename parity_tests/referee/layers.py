@@ -37,13 +37,13 @@ def probable_gamma(n):
 
 
 def _inputs(z, x):
-    """Each layer's input, made from the framework's float32 outputs by ReLU and max-pool (both
-    exact in float32): {"x", "a1", "p2", "f", "a4"} and the activations the backward needs."""
+    """{layer output name: that layer's input}, made from the framework's float32 outputs by
+    ReLU and max-pool (both exact in float32), and the pools' inputs a2, a3 and output p3."""
     a = {name: network.relu(value) for name, value in z.items()}
     p2 = network.pool_windows(a["z2"]).max(axis=-1)
-    p3 = network.pool_windows(a["z3"]).max(axis=-1)
+    p3 = network.pool_windows(a["z3"]).max(axis=-1)  # (N, 64, 3, 3)
     return {"z1": x, "z2": a["z1"], "z3": p2, "z4": p3.reshape(len(x), -1), "z5": a["z4"],
-            "a2": a["z2"], "a3": a["z3"]}
+            "a2": a["z2"], "a3": a["z3"], "p3": p3}
 
 
 def forward(params, x, z):
@@ -87,15 +87,15 @@ def backward(params, x, z, dz, labels):
         if name in CONV_KEYS:
             e_in, e_w, e_b = bounds.conv_back(grad, zero_g, a, zero_a, weight, probable_gamma)
             exact = (network.conv_weight_grad(grad, a), grad.sum((0, 2, 3)),
-                     network.conv_input_grad(grad, weight))
+                     network.conv_input_grad(grad, weight) if name in below else None)
         else:
             e_in, e_w, e_b = bounds.linear_back(grad, zero_g, a, zero_a, weight, probable_gamma)
             exact = (grad.T @ a, grad.sum(0), grad @ weight)
         out[f"{key}.weight"], out[f"{key}.bias"] = (exact[0], e_w), (exact[1], e_b)
         if name in below:
             d_in = exact[2]
-            if name == "z4":  # f -> p3 (N, 64, 3, 3), (C, H, W) order
-                d_in, e_in = (v.reshape(inputs["a3"][:, :, ::2, ::2].shape) for v in (d_in, e_in))
+            if name == "z4":  # f (N, 576) -> p3 (N, 64, 3, 3), (C, H, W) order
+                d_in, e_in = (v.reshape(inputs["p3"].shape) for v in (d_in, e_in))
             out["d" + below[name]] = _below(d_in, e_in, z, below[name], pooled.get(name))
     return out
 
