@@ -162,8 +162,9 @@ def write_report(directory, environment):
                   "Each share is |framework - referee| / bound at the worst element; a 1 % "
                   "error's share is 0.01 |referee| / bound where that is largest (over several "
                   "tensors, the smallest of theirs). The layer-alone rows (its own rounding) "
-                  "must reject a 1 % error and assert it; the whole-pass rows (float32 bound) "
-                  "carry every earlier layer's rounding and are shown as they are.", "",
+                  "and the Adam rows must reject a 1 % error and assert it; the whole-pass rows "
+                  "of layers and gradients (float32 bound) carry every earlier layer's rounding "
+                  "and are shown as they are.", "",
                   *shares, ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
