@@ -1,7 +1,8 @@
 """Every parity check's margin: what it measured, against which bound.
 
-A test calls `record(check, measured, bound)` before it asserts, so a failing check shows in the
-table too. `pytest parity_tests` ends with the table (conftest.py's terminal summary);
+A test calls `check(name, measured, limit)`, which records the check and then asserts it: the
+table's value is the asserted value by construction, and a failing check shows in the table too.
+`pytest parity_tests` ends with the table (conftest.py's terminal summary);
 `--parity-report DIR` also writes it as report.md and report.json, with the figures of
 `report_figures.py`. `series` keeps the arrays a figure needs (the 100-step weight gaps).
 """
@@ -17,10 +18,18 @@ RECORDS = []  # one dict per recorded check, in the order the tests ran
 SERIES = {}  # figure data: name -> {label: list of floats}
 
 
-def record(check, measured, bound, *, floor=False, group="", **details):
-    """Note one check: `measured` must be <= `bound` (>= with `floor`); details go to the JSON."""
-    RECORDS.append({"check": check, "measured": float(measured), "bound": float(bound),
-                    "kind": ">=" if floor else "<=", "group": group, **details})
+KINDS = {"ceiling": "<=", "floor": ">="}
+
+
+def check(name, measured, limit, *, kind="ceiling", group="", **details):
+    """Record one check, then assert it: `measured` <= `limit` for a ceiling, >= for a floor.
+
+    The value asserted is the float the table shows; details go to the JSON."""
+    measured, limit = float(measured), float(limit)
+    RECORDS.append({"check": name, "measured": measured, "bound": limit, "kind": KINDS[kind],
+                    "group": group, **details})
+    held = measured <= limit if kind == "ceiling" else measured >= limit
+    assert held, f"{name}: {measured:.6g} is not {KINDS[kind]} {limit:.6g}"
 
 
 def series(name, label, values):
@@ -74,11 +83,27 @@ def text_table(entries=None):
             for row in rows]
 
 
+def _markdown_row(cells):
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def markdown_table(entries=None):
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-              for row in table(entries)]
-    return lines
+    lines = [_markdown_row(HEADER), "|" + "---|" * len(HEADER)]
+    return lines + [_markdown_row(row) for row in table(entries)]
+
+
+SHARE_HEADER = ("check", "measured share of the bound", "a 1 % error's share")
+
+
+def share_table(entries=None):
+    """The referee's checks with a 1 % error's share of the bound beside the measured share:
+    above 1, a 1 % error of that tensor fails the check."""
+    lines = [_markdown_row(SHARE_HEADER), "|" + "---|" * len(SHARE_HEADER)]
+    for entry in RECORDS if entries is None else entries:
+        if "one_percent_share" in entry:
+            lines.append(_markdown_row((entry["check"], _number(entry["measured"]),
+                                        _number(entry["one_percent_share"]))))
+    return lines if len(lines) > 2 else []
 
 
 def refusal(directory):
@@ -111,6 +136,16 @@ def write_report(directory, environment):
     lines = ["# Parity report", "", f"{len(RECORDS)} checks, {failed} outside their bound. "
              "`used` is measured / bound (bound / measured for a floor): 1 is the edge.", "",
              "Machine: " + environment, "", *markdown_table(), ""]
+    shares = share_table()
+    if shares:
+        lines += ["## Referee checks: what they measured and what a 1 % error would be", "",
+                  "Each share is |framework - referee| / bound at the worst element; a 1 % "
+                  "error's share is 0.01 |referee| / bound where that is largest (over several "
+                  "tensors, the smallest of theirs). The layer-alone rows (its own rounding) "
+                  "and the Adam rows must reject a 1 % error and assert it; the whole-pass rows "
+                  "of layers and gradients (float32 bound) carry every earlier layer's rounding "
+                  "and are shown as they are.", "",
+                  *shares, ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     write_owned(out / "report.md", "\n".join(lines) + "\n")
     return [out / "report.md", out / "report.json", *figures]

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from margins import record
+from margins import check
 from parity_helpers import (
     flax_state,
     flax_step,
@@ -38,8 +38,8 @@ def test_torch_trained_weights_predict_identically_in_flax(canonical_weights, sp
     torch_classes = predictions("torch", weights, test_split)
     assert (torch_classes == test_split[1]).mean() > 0.6  # trained, not at chance
     flax_classes = predictions("flax", weights, test_split)
-    record("cross: torch-trained weights, test images Flax classifies differently",
-           int((flax_classes != torch_classes).sum()), 0, group="cross")
+    check("cross: torch-trained weights, test images Flax classifies differently",
+          int((flax_classes != torch_classes).sum()), 0, group="cross")
     np.testing.assert_array_equal(flax_classes, torch_classes)
 
 
@@ -53,8 +53,8 @@ def test_flax_trained_weights_predict_identically_in_torch(canonical_weights, sp
     flax_classes = predictions("flax", weights, test_split)
     assert (flax_classes == test_split[1]).mean() > 0.5  # trained, not at chance (0.1)
     torch_classes = predictions("torch", weights, test_split)
-    record("cross: Flax-trained weights, test images torch classifies differently",
-           int((flax_classes != torch_classes).sum()), 0, group="cross")
+    check("cross: Flax-trained weights, test images torch classifies differently",
+          int((flax_classes != torch_classes).sum()), 0, group="cross")
     np.testing.assert_array_equal(torch_classes, flax_classes)
 
 
@@ -71,9 +71,9 @@ def test_both_evaluate_clis_agree_to_the_image(tmp_path, canonical_weights, spli
     torch_metrics = torch_evaluate.main(argv)
     flax_metrics = flax_evaluate.main(argv)
     assert torch_metrics["test_examples"] == flax_metrics["test_examples"] == 10_000
-    record("cross: evaluate CLIs on one file, |correct_torch - correct_Flax|",
-           abs(torch_metrics["test_correct"] - flax_metrics["test_correct"]), 0, group="cross")
-    record("cross: evaluate CLIs on one file, |loss_torch - loss_Flax|",
-           abs(torch_metrics["test_loss"] - flax_metrics["test_loss"]), 1e-5, group="cross")
+    check("cross: evaluate CLIs on one file, |correct_torch - correct_Flax|",
+          abs(torch_metrics["test_correct"] - flax_metrics["test_correct"]), 0, group="cross")
+    check("cross: evaluate CLIs on one file, |loss_torch - loss_Flax|",
+          abs(torch_metrics["test_loss"] - flax_metrics["test_loss"]), 1e-5, group="cross")
     assert torch_metrics["test_correct"] == flax_metrics["test_correct"]
     assert abs(torch_metrics["test_loss"] - flax_metrics["test_loss"]) < 1e-5

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from margins import record
+from margins import check
 from parity_helpers import FLAX_CPU, TORCH_CPU, train_batches
 
 from flax_impl import backend as flax_backend
@@ -27,9 +27,9 @@ def first_batches(train_split, mnist_root, loader, count=3, seed=0, epoch=0, sta
 def test_memory_and_dataloader_paths_give_identical_batches(train_split, mnist_root):
     memory = first_batches(train_split, mnist_root, "memory")
     faithful = first_batches(train_split, mnist_root, "dataloader")
-    record("loaders: memory vs DataLoader path, of 3 batches differing",
-           sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
-               for a, b in zip(memory, faithful, strict=True)), 0, group="data")
+    check("loaders: memory vs DataLoader path, of 3 batches differing",
+          sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+              for a, b in zip(memory, faithful, strict=True)), 0, group="data")
     for (x_mem, y_mem), (x_dl, y_dl) in zip(memory, faithful, strict=True):
         assert isinstance(x_mem, np.ndarray) and isinstance(x_dl, np.ndarray)  # host: NumPy
         assert x_mem.dtype == x_dl.dtype == np.float32

@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
-from margins import record
+from margins import check
 from parity_helpers import eval_batches, train_batches
 from referee import mnist as referee_mnist
 from referee.bounds import U
@@ -42,8 +42,8 @@ def test_both_readings_of_the_files_agree(splits):
         assert images.shape == (60_000 if train else 10_000, 28, 28)
         assert list(labels[:10]) == FIRST_LABELS[train]
         mismatches = int((images != shared_images).sum() + (labels != shared_labels).sum())
-        record(f"data: {'train' if train else 'test'} split, values differing from the "
-               f"referee's IDX reading", mismatches, 0, group="data")
+        check(f"data: {'train' if train else 'test'} split, values differing from the "
+              f"referee's IDX reading", mismatches, 0, group="data")
         assert mismatches == 0
 
 
@@ -62,11 +62,11 @@ def test_training_batches_are_the_referees(splits):
         mismatches += int((np.asarray(y) != labels[ours[index]]).sum())
         worst = max(worst, pixel_ratio(x, images[ours[index]]))
     steps = loaders.steps_per_epoch(len(labels), BATCH_SIZE)
-    record("data: batches per epoch, pipeline vs referee (235)", abs(steps - 235), 0,
-           group="data")
-    record("data: labels of 5 probed batches differing from the referee's", mismatches, 0,
-           group="data")
-    record("data: pixels, |pipeline - k/255| / (u k/255)", worst, 1.0, group="data")
+    check("data: batches per epoch, pipeline vs referee (235)", abs(steps - 235), 0,
+          group="data")
+    check("data: labels of 5 probed batches differing from the referee's", mismatches, 0,
+          group="data")
+    check("data: pixels, |pipeline - k/255| / (u k/255)", worst, 1.0, group="data")
     assert steps == 235 and mismatches == 0 and worst <= 1
 
 
@@ -75,7 +75,7 @@ def test_evaluation_batches_are_every_test_image_in_file_order(splits):
     seen = list(eval_batches(shared))
     x = np.concatenate([np.asarray(b[0]) for b in seen])
     y = np.concatenate([np.asarray(b[1]) for b in seen])
-    record("data: test images the evaluation batches miss or reorder", int(
-        (y != labels).sum()) + abs(len(y) - 10_000), 0, group="data")
+    check("data: test images the evaluation batches miss or reorder", int(
+       (y != labels).sum()) + abs(len(y) - 10_000), 0, group="data")
     assert len(y) == 10_000 and (y == labels).all()
     assert pixel_ratio(x, images) <= 1

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from margins import record, series
+from margins import check, series
 from parity_helpers import flax_state, flax_step, torch_state, torch_step, train_batches
 
 from flax_impl import backend as flax_backend
@@ -198,11 +198,11 @@ def flax_shipped(canonical_weights, batches):
 @pytest.mark.slow
 def test_first_10_steps_agree_to_1e_4(flax_shipped, torch_reference):
     flax, torch_ = flax_shipped, torch_reference
-    record(f"100 steps: first {EARLY_STEPS} losses, max |Flax - torch|",
-           np.abs(flax.losses[:EARLY_STEPS] - torch_.losses[:EARLY_STEPS]).max(), EARLY_ATOL,
-           group="trajectory")
-    record(f"100 steps: weights after {EARLY_STEPS}, max |Flax - torch|",
-           weight_gaps(flax.early, torch_.early).max(), EARLY_ATOL, group="trajectory")
+    check(f"100 steps: first {EARLY_STEPS} losses, max |Flax - torch|",
+          np.abs(flax.losses[:EARLY_STEPS] - torch_.losses[:EARLY_STEPS]).max(), EARLY_ATOL,
+          group="trajectory")
+    check(f"100 steps: weights after {EARLY_STEPS}, max |Flax - torch|",
+          weight_gaps(flax.early, torch_.early).max(), EARLY_ATOL, group="trajectory")
     np.testing.assert_allclose(flax.losses[:EARLY_STEPS], torch_.losses[:EARLY_STEPS], rtol=0,
                                atol=EARLY_ATOL)
     for key in CANONICAL_SHAPES:
@@ -217,9 +217,9 @@ def test_100_steps_stay_within_torchs_own_float32_noise(flax_shipped, torch_refe
     keep_for_the_report("flax (shipped)", flax_shipped, torch_reference)
     stats = statistics(flax_shipped, torch_reference)
     for name, label in (("median", "median"), ("p90", "90th percentile")):
-        record(f"100 steps: {label} of |w_Flax - w_torch| at step 100 ({NOISE_FACTOR}x torch's "
-               f"own largest)", stats[name], noise_bounds[name], group="trajectory",
-               statistic=label)
+        check(f"100 steps: {label} of |w_Flax - w_torch| at step 100 ({NOISE_FACTOR}x torch's "
+              f"own largest)", stats[name], noise_bounds[name], group="trajectory",
+              statistic=label)
     assert not violations(flax_shipped, torch_reference, noise_bounds)
 
 
