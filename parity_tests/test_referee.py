@@ -27,7 +27,6 @@ from parity_helpers import (
     to_numpy_batch,
     torch_loss_and_grads,
     torch_state,
-    train_batches,
 )
 from referee import adam, bounds, network
 from referee_checks import apply_gradients, assert_adam_held, held
