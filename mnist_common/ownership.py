@@ -100,6 +100,10 @@ def _update(directory, change):
     record["folders"] = [n for n in record["folders"] if n in present]
     record["temps"] = [n for n in record["temps"] if n in present]
     change(record)
+    if not any(record.values()):  # nothing left to record: no record (a failed write adds none)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / RECORD_NAME)
+        return
     text = json.dumps({"format": RECORD_FORMAT, **record}, indent=1, sort_keys=True) + "\n"
     # One fixed temp name, reused (and so cleared) by the next write after a killed writer.
     write_bytes_atomic(directory / RECORD_NAME, text.encode(), tmp=directory / RECORD_TEMP,
@@ -164,8 +168,13 @@ def owned_path(path):
         digest.append(sha256_file(finished))
         _update(directory, lambda record: record["files"].setdefault(name, []).append(digest[0]))
 
-    with atomic_path(path, before_replace=record_hash, tmp=tmp) as written:
-        yield written
+    try:
+        with atomic_path(path, before_replace=record_hash, tmp=tmp) as written:
+            yield written
+    except BaseException:
+        with contextlib.suppress(OSError):  # the temp is gone: the record forgets it
+            _update(directory, lambda record: None)
+        raise
     _update(directory, lambda record: record["files"].__setitem__(name, digest))
 
 
