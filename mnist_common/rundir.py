@@ -32,6 +32,7 @@ from mnist_common.checkpoints import (
     load_checkpoint,
     load_checkpoint_at,
     refuse_unowned_pointer,
+    refuse_unusable_store,
     save_checkpoint,
 )
 from mnist_common.config import FRAMEWORKS, cli_name, resume_command
@@ -191,6 +192,8 @@ def open_run(config, framework, writer=True):
     `writer`: False in the processes of a data-parallel run that only read (rank > 0): they
     create, lock and write nothing.
     """
+    if writer:
+        refuse_unusable_store(config.out_dir)
     resumed = _checkpoint_to_continue(config, framework)
     if not writer:
         yield Run(config, framework, None, resumed)
