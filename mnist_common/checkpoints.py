@@ -9,6 +9,7 @@ leaves `latest` naming a complete checkpoint, or no `latest` at all.
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -17,7 +18,7 @@ import numpy as np
 
 from mnist_common.architecture import CANONICAL_SHAPES
 from mnist_common.config import cli_name
-from mnist_common.errors import UsageError, first_line
+from mnist_common.errors import UsageError, first_line, short_path
 from mnist_common.fileio import fsync_dir, sha256_file
 from mnist_common.ownership import (
     RECORD_NAME,
@@ -99,6 +100,30 @@ def save_checkpoint(out_dir, params, optimizer, progress):
         if entry.name not in (name, LATEST, RECORD_NAME, RECORD_TEMP):
             remove_owned(entry)
     return final
+
+
+def refuse_unusable_store(out_dir):
+    """Before any work: `checkpoints` must be a folder (or absent), and one reached through a
+    link must be empty or hold this out-dir's own run: another run's store is not this run's to
+    prune or repoint."""
+    root = checkpoint_root(out_dir)
+    if not os.path.lexists(root):
+        return
+    where = f"--out-dir {short_path(out_dir)}: {short_path(root)}"
+    if not root.is_dir():
+        raise UsageError(f"{where} exists and is not a directory; move it away or choose "
+                         f"another --out-dir")
+    if not root.is_symlink() or not [
+            p for p in root.iterdir() if p.name not in (RECORD_NAME, RECORD_TEMP)]:
+        return
+    try:
+        saved_by = load_checkpoint(out_dir).progress["config"].get("out_dir")
+    except UsageError:
+        saved_by = None
+    if saved_by is None or Path(saved_by).resolve() != Path(out_dir).resolve():
+        raise UsageError(f"{where} links to {short_path(root.resolve())}, which holds another "
+                         f"run's checkpoints (or files of no run of this --out-dir); link to an "
+                         f"empty folder, or choose another --out-dir")
 
 
 def refuse_unowned_pointer(out_dir):

@@ -9,7 +9,7 @@ names it and it is still what the project wrote — a regular file with a record
 it created, or a folder whose every entry is the project's. Anything else (a user's file, a
 link, a file edited since, a folder holding a user's file) is never touched, whatever its name.
 The record and its temp file (`RECORD_TEMP`) belong to this module, whose writers
-(`owned_path`, `write_owned`, `make_owned_dir`, `make_temp_dir`, `rename_owned`,
+(`owned_path`, `write_owned`, `adopt_file`, `make_owned_dir`, `make_temp_dir`, `rename_owned`,
 `remove_owned`, `remove_leftovers`) keep the record true as they go.
 """
 
@@ -182,6 +182,19 @@ def write_owned(path, data):
     """Write bytes (or text) to `path` through `owned_path`."""
     with owned_path(path) as tmp:
         Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def adopt_file(source, target):
+    """Rename the project's file `source` to `target` (another folder of the same disk), its hash
+    recorded beside `target` before the rename, as `owned_path` does."""
+    source, target = Path(source), Path(target)
+    _refuse(target)
+    digest = sha256_file(source)
+    _update(target.parent, lambda record: record["files"].setdefault(target.name, []).append(
+        digest))
+    os.replace(source, target)
+    _update(target.parent, lambda record: record["files"].__setitem__(target.name, [digest]))
+    _update(source.parent, lambda record: None)  # forget the source
 
 
 def make_owned_dir(path):

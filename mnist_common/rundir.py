@@ -32,13 +32,15 @@ from mnist_common.checkpoints import (
     load_checkpoint,
     load_checkpoint_at,
     refuse_unowned_pointer,
+    refuse_unusable_store,
     save_checkpoint,
 )
 from mnist_common.config import FRAMEWORKS, cli_name, resume_command
 from mnist_common.errors import UsageError, short_path
 from mnist_common.fileio import check_path, exclusive_lock, say
-from mnist_common.ownership import refuse_unowned, remove_leftovers
-from mnist_common.reporting import OUTPUTS, summary_line, write_outputs
+from mnist_common.ownership import refuse_unowned, remove_leftovers, remove_owned
+from mnist_common.publishing import finish_interrupted, stage, swap_in
+from mnist_common.reporting import OUTPUTS, summary_line
 
 LOCK_NAME = ".train.lock"  # held (flock) by the run using an --out-dir
 # Flags that change what a finished run's outputs mean; the rest (device, loader, progress) do not.
@@ -191,12 +193,15 @@ def open_run(config, framework, writer=True):
     `writer`: False in the processes of a data-parallel run that only read (rank > 0): they
     create, lock and write nothing.
     """
+    if writer:
+        refuse_unusable_store(config.out_dir)
     resumed = _checkpoint_to_continue(config, framework)
     if not writer:
         yield Run(config, framework, None, resumed)
         return
     out_dir, created = prepare_out_dir(config.out_dir)
     with locked(out_dir, created):
+        finish_interrupted(out_dir)  # a set of outputs a killed run staged whole goes in first
         if config.resume:
             _refuse_unowned_outputs(out_dir)
         else:
@@ -343,7 +348,8 @@ class Run:
         raise SystemExit(128 + signum)
 
     def publish(self, params, metrics):
-        """Write model.safetensors, loss.png and metrics.json; print the summary line."""
+        """Publish model.safetensors, loss.png and metrics.json as one set (`publishing`); print
+        the summary line."""
         if not self.writer:
             return
         try:  # a file put in place of an output while the run trained is the user's
@@ -352,9 +358,18 @@ class Run:
             raise UsageError(f"{err} (the run is kept in {checkpoint_root(self.out_dir)}: "
                              f"{resume_command(self.framework, self.config)} writes the "
                              f"outputs)") from None
-        try:
-            write_outputs(self.out_dir, params, metrics)
-        except OSError as err:
-            raise UsageError(f"cannot write the outputs into {self.out_dir} "
-                             f"({err.strerror or err})") from None
+        with StopRequests() as requests:  # Ctrl-C waits for the set to be staged
+            try:
+                staging = stage(self.out_dir, params, metrics)
+            except OSError as err:
+                raise UsageError(f"cannot write the outputs into {self.out_dir} "
+                                 f"({err.strerror or err}); the earlier ones are kept") from None
+            if requests.signum is not None:
+                remove_owned(staging)
+                self.say(f"{cli_name(self.framework)}: {signal.Signals(requests.signum).name} "
+                         f"while writing the outputs; the earlier outputs (if any) are kept, the "
+                         f"run is in {checkpoint_root(self.out_dir)}. Write the outputs with: "
+                         f"{resume_command(self.framework, self.config)}")
+                raise SystemExit(128 + requests.signum)
+            swap_in(self.out_dir, staging)  # renames only: a signal now waits for them
         print(summary_line(metrics))

@@ -9,8 +9,10 @@ table's value is the asserted value by construction, and a failing check shows i
 
 import json
 import math
+import os
 from pathlib import Path
 
+from mnist_common.errors import short_path
 from mnist_common.ownership import unowned, write_owned
 
 REPORT_FILES = ("report.md", "report.json", "trajectory.png", "referee.png")
@@ -108,6 +110,12 @@ def share_table(entries=None):
 
 def refusal(directory):
     """The one-line reason a report may not be written into `directory`, or None."""
+    path = Path(directory)
+    # The nearest thing that exists on the way down must be a folder to create or write into.
+    existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        where = "is" if existing == path else f"lies under {short_path(existing)}, which is"
+        return f"--parity-report {short_path(path)}: {where} not a directory"
     strangers = unowned(directory, REPORT_FILES)
     if not strangers:
         return None

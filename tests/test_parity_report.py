@@ -116,3 +116,16 @@ def test_the_report_is_written_by_checks_only():
         text = path.read_text()
         assert "RECORDS.append" not in text or path.name == "margins.py", path.name
         assert "import record" not in text and "margins.record" not in text, path.name
+
+
+@pytest.mark.parametrize("under", ["", "sub/dir"])
+def test_a_report_path_at_or_under_a_file_is_refused_before_any_test(tmp_path, under):
+    (tmp_path / "notes").write_text("mine\n")
+    target = tmp_path / "notes" / under if under else tmp_path / "notes"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "parity_tests/test_model.py", "--parity-report", str(target)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stdout + done.stderr  # pytest's usage error
+    assert "not a directory" in done.stderr and "notes" in done.stderr
+    assert " passed" not in done.stdout
+    assert (tmp_path / "notes").read_text() == "mine\n"
