@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import cli_env
 
 from mnist_common.config import Config
+from mnist_common.ownership import RECORD_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
@@ -78,7 +79,7 @@ def test_bad_value_is_one_line_exit_2(args, tmp_path):
 
 def test_quick_run_writes_json_markdown_png(quick):
     _, out, done = quick
-    assert sorted(p.name for p in out.iterdir()) == ["cpu.json", "cpu.md", "cpu.png"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_NAME, "cpu.json", "cpu.md", "cpu.png"]
     assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "cpu.md").read_text()
     assert "× torch-eager" in text  # the ratio column
@@ -266,7 +267,8 @@ def test_quick_run_writes_to_scratch_and_runs_end_to_end(mnist_root):
         assert done.returncode == 0, done.stderr[-3000:]
         assert REPO not in scratch.resolve().parents
         assert _git_status(REPO / "benchmarks") == before
-        assert sorted(p.name for p in scratch.iterdir()) == ["cpu.json", "cpu.md", "cpu.png"]
+        assert sorted(p.name for p in scratch.iterdir()) == [
+            RECORD_NAME, "cpu.json", "cpu.md", "cpu.png"]
         results = json.loads((scratch / "cpu.json").read_text())
         e2e = results["end_to_end"]
         assert set(e2e) == {"torch", "flax"}
@@ -320,7 +322,8 @@ def test_scaling_reports_one_and_two(tmp_path, mnist_root):
     table = (tmp_path / "scaling-cpu.md").read_text()
     assert table.count("| torch |") == 2 and table.count("| flax |") == 2
     assert table in done.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaling-cpu.json", "scaling-cpu.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        RECORD_NAME, "scaling-cpu.json", "scaling-cpu.md"]
 
 
 def test_scaling_rejects_bad_counts(tmp_path):
