@@ -1,0 +1,128 @@
+"""Every porting mistake of the catalogue, measured against the shipped torch side.
+
+    python -m parity_tests.pitfalls [--only NAME,...] [--out FILE.json] [--no-progress]
+
+For each mistake (a named variant of the Flax side, parity_tests/pitfalls/catalogue.py) and
+for the shipped code (the zero line), from torch's seed-0 weights on the seed-0 batches: the
+error at load time, if any; the logits' max |difference| at identical weights; the relative
+difference of the first step's loss and gradients; the weights' |difference| after 10 and 100
+steps; test accuracy after one epoch (235 steps of 256) and the test images classified
+differently from torch, beside torch against itself in its other memory layout (the noise
+floor); the parity checks that fail. Prints a Markdown table; --out also writes the JSON and,
+beside it, the table (FILE.md). About 2 minutes per mistake on a 2-core CPU.
+"""
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mnist_common.errors import ArgumentParser, UsageError, run_cli
+from mnist_common.fileio import check_out_file, holds_json_record, write_text_atomic
+
+PROG = "python -m parity_tests.pitfalls"
+RECORD_KEYS = ("command", "date", "machine", "commit", "seconds", "noise", "rows")
+TABLE_START = "<!-- written by python -m parity_tests.pitfalls -->"
+
+
+def is_table(path):
+    """Whether `path` holds a table an earlier --out wrote."""
+    try:
+        return Path(path).read_text().startswith(TABLE_START)
+    except (OSError, ValueError):
+        return False
+
+
+def check_outputs(out):
+    """Refuse, before the minutes of measuring, a file that is not an earlier output."""
+    check_out_file(out, "--out", lambda p: holds_json_record(p, RECORD_KEYS),
+                   "an earlier output of this command")
+    check_out_file(Path(out).with_suffix(".md"), "--out", is_table,
+                   "a table this command wrote")
+
+
+def commit():
+    """The repository's commit (with +dirty when the tree has changes), or 'unknown'."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def measure_all(names, progress):
+    """{noise, rows}: the shipped code first, then each mistake and control asked for."""
+    from mnist_common import data, reporting
+
+    from . import catalogue, measure
+    from .checks import Inputs
+
+    inputs = Inputs()
+    splits = data.load_arrays(data.prepare_data(None, progress=progress), train=True), \
+        data.load_arrays(data.prepare_data(None, progress=False), train=False)
+    chosen = [catalogue.SHIPPED] + [m for m in (*catalogue.MISTAKES, *catalogue.CONTROLS)
+                                    if names is None or m.name in names]
+    bar = reporting.progress_bar(None, total=len(chosen) + 1, desc="pitfalls",
+                                 enabled=progress, leave=True)
+    bar.set_postfix_str("torch, twice")
+    ref = measure.reference(inputs.weights, splits)
+    noise = measure.noise_row(inputs.weights, ref, splits[1][1])
+    bar.update(1)
+    rows = []
+    for mistake in chosen:
+        bar.set_postfix_str(mistake.name)
+        row = measure.measure(mistake, inputs.weights, splits, ref, noise, inputs)
+        row["failing_tests"] = measure.failing_tests(row)
+        rows.append(row)
+        bar.update(1)
+    bar.close()
+    return noise, rows
+
+
+def main(argv=None):
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=None, metavar="NAME,...",
+                        help="measure only these mistakes (the shipped code always)")
+    parser.add_argument("--out", default=None, metavar="FILE.json",
+                        help="also write the results as JSON and the table as FILE.md")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+    args = parser.parse_args(argv)
+    from . import catalogue, table
+
+    names = None
+    if args.only:
+        names = set(args.only.split(","))
+        unknown = sorted(names - set(catalogue.BY_NAME))
+        if unknown:
+            raise UsageError(f"--only: unknown mistake(s) {', '.join(unknown)} (known: "
+                             f"{', '.join(catalogue.BY_NAME)})")
+    if args.out:
+        check_outputs(args.out)
+    start = time.perf_counter()
+    noise, rows = measure_all(names, args.progress and sys.stderr.isatty())
+    from mnist_common.reporting import cpu_model
+
+    record = {"command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": cpu_model(), "commit": commit(),
+              "seconds": round(time.perf_counter() - start), "noise": noise, "rows": rows}
+    text = "\n".join(table.markdown(record)) + "\n"
+    print(text)
+    if args.out:
+        check_outputs(args.out)
+        try:
+            write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
+            write_text_atomic(Path(args.out).with_suffix(".md"), f"{TABLE_START}\n{text}")
+        except OSError as err:
+            raise UsageError(f"--out {args.out}: cannot write it ({err.strerror})") from None
+
+
+if __name__ == "__main__":
+    run_cli(main, prog=PROG)
