@@ -3,20 +3,27 @@
     python -m parity_tests.pitfalls [--only NAME,...] [--out FILE.json] [--no-progress]
 
 For each mistake (a named variant of the Flax side, parity_tests/pitfalls/catalogue.py) and
-for the shipped code (the zero line), from torch's seed-0 weights on the seed-0 batches: the
-error at load time, if any; the logits' max |difference| at identical weights; the relative
-difference of the first step's loss and gradients; the weights' |difference| after 10 and 100
-steps; test accuracy after one epoch (235 steps of 256) and the test images classified
-differently from torch, beside torch against itself in its other memory layout (the noise
-floor); the parity checks that fail. Prints a Markdown table; --out also writes the JSON and,
-beside it, the table (FILE.md). About 2 minutes per mistake on a 2-core CPU.
+for the shipped code (the zero line), from torch's seed-0 weights on the seed-0 batches:
+  - the error at load time, if any;
+  - the logits' max |difference| at identical weights;
+  - the first step's loss and gradients (difference relative to torch's);
+  - the weights' |difference| after 10 and 100 steps;
+  - test accuracy after one epoch (235 steps of 256) and the test images classified
+    differently from torch, beside the noise floor: torch against itself in its other
+    memory layout;
+  - the parity tests whose assertions fail (the targeted checks run for real, the
+    trajectory and accuracy bounds read from the runs).
+Prints a Markdown table; --out also writes the JSON and, beside it, the table (FILE.md).
+About two minutes of CPU per mistake.
 """
 
+import argparse
 import datetime
 import json
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
@@ -56,8 +63,9 @@ def commit():
     return head + ("+dirty" if dirty else "")
 
 
-def measure_all(names, progress):
-    """{noise, rows}: the shipped code first, then each mistake and control asked for."""
+def measure_all(names, progress, keep=lambda noise, rows: None):
+    """{noise, rows}: the shipped code first, then each mistake and control asked for;
+    `keep(noise, rows)` after each row (a long run's rows survive an interruption)."""
     from mnist_common import data, reporting
 
     from . import catalogue, measure
@@ -77,16 +85,23 @@ def measure_all(names, progress):
     rows = []
     for mistake in chosen:
         bar.set_postfix_str(mistake.name)
-        row = measure.measure(mistake, inputs.weights, splits, ref, noise, inputs)
-        row["failing_tests"] = measure.failing_tests(row)
+        try:
+            row = measure.measure(mistake, inputs.weights, splits, ref, noise, inputs)
+            row["failing_tests"] = measure.failing_tests(row)
+        except Exception:  # a fault of the measurement: the other rows still count
+            traceback.print_exc()
+            row = {"name": mistake.name, "measurement_failed": traceback.format_exc(limit=1)}
         rows.append(row)
+        keep(noise, rows)
         bar.update(1)
     bar.close()
     return noise, rows
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 2)[2],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=None, metavar="NAME,...",
                         help="measure only these mistakes (the shipped code always)")
     parser.add_argument("--out", default=None, metavar="FILE.json",
@@ -94,6 +109,8 @@ def main(argv=None):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")
     args = parser.parse_args(argv)
+    from mnist_common.reporting import cpu_model
+
     from . import catalogue, table
 
     names = None
@@ -106,23 +123,32 @@ def main(argv=None):
     if args.out:
         check_outputs(args.out)
     start = time.perf_counter()
-    noise, rows = measure_all(names, args.progress and sys.stderr.isatty())
-    from mnist_common.reporting import cpu_model
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
 
-    record = {"command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": cpu_model(), "commit": commit(),
-              "seconds": round(time.perf_counter() - start), "noise": noise, "rows": rows}
+    def record_of(noise, rows):
+        return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc)
+                .strftime("%Y-%m-%d %H:%M UTC"), "machine": cpu_model(), "commit": commit(),
+                "seconds": round(time.perf_counter() - start), "noise": noise, "rows": rows}
+
+    def keep(noise, rows):
+        if args.out:
+            write(args.out, json.dumps(record_of(noise, rows), indent=1) + "\n")
+
+    noise, rows = measure_all(names, args.progress and sys.stderr.isatty(), keep)
+    record = record_of(noise, rows)
+    keep(noise, rows)
     text = "\n".join(table.markdown(record)) + "\n"
     print(text)
     if args.out:
-        check_outputs(args.out)
-        try:
-            write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
-            write_text_atomic(Path(args.out).with_suffix(".md"), f"{TABLE_START}\n{text}")
-        except OSError as err:
-            raise UsageError(f"--out {args.out}: cannot write it ({err.strerror})") from None
+        write(Path(args.out).with_suffix(".md"), f"{TABLE_START}\n{text}")
 
+
+def write(path, text):
+    """Write `path` atomically (after `check_outputs`); a failure is the user's error."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as err:
+        raise UsageError(f"--out {path}: cannot write it ({err.strerror})") from None
 
 if __name__ == "__main__":
     run_cli(main, prog=PROG)

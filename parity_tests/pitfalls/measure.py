@@ -15,11 +15,12 @@ import numpy as np
 from parity_helpers import TORCH_CPU, predictions, torch_loss_and_grads, torch_state
 from test_accuracy import MAX_GAP, MIN_ACCURACY, TORCH_VARIATIONS
 from test_accuracy import NOISE_FACTOR as ACCURACY_NOISE_FACTOR
-from test_trajectory import EARLY_ATOL, EARLY_STEPS, NOISE_FACTOR, QUANTILES, weight_gaps
+from test_trajectory import EARLY_STEPS, QUANTILES, weight_gaps
 
 from mnist_common import loaders
 from torch_impl import backend as torch_backend
 
+from . import trajectory
 from .catalogue import where
 from .checks import CHECKS, one_line, run_check, side_loss_and_grads, torchs_epoch_batches
 
@@ -74,6 +75,7 @@ class Reference(NamedTuple):
     noise: Run  # torch in its other layout
     first_batch: tuple  # torch's first training batch
     test_images: np.ndarray  # the first 256 test images, for the logits
+    trajectory: tuple  # torch's 100 steps of 64 and the bounds (trajectory.torch_reference)
 
 
 def reference(weights, splits):
@@ -81,7 +83,8 @@ def reference(weights, splits):
     return Reference(torch_run(weights, splits),
                      torch_run(weights, splits, TORCH_VARIATIONS["other_layout"]),
                      next(torchs_epoch_batches(splits[0])),
-                     loaders.PIXELS[splits[1][0][:BATCH_SIZE]][:, None])
+                     loaders.PIXELS[splits[1][0][:BATCH_SIZE]][:, None],
+                     trajectory.torch_reference(weights, splits[0]))
 
 
 def compare_runs(run, ref, labels):
@@ -126,17 +129,9 @@ def noise_row(weights, ref, labels):
             "torch_accuracy": float((ref.torch.predictions == labels).mean())}
 
 
-def failing_run_checks(row, noise):
-    """The run-based parity checks the row fails, with the suite's bounds ({} for rows from
-    their own initial weights, which those checks do not apply to)."""
+def failing_epoch_checks(row, noise):
+    """The one-epoch parity checks the row fails, with test_accuracy.py's bounds."""
     failed = {}
-    if row["first_10_losses_max_abs"] > EARLY_ATOL or row["weights_10_max_abs"] > EARLY_ATOL:
-        failed["first_10_steps"] = (f"losses {row['first_10_losses_max_abs']:.2g}, weights "
-                                    f"{row['weights_10_max_abs']:.2g} > {EARLY_ATOL}")
-    over = [q for q in QUANTILES if row[f"weights_100_{q}"] > NOISE_FACTOR * noise[
-        f"weights_100_{q}"]]
-    if over:
-        failed["100_steps"] = f"{', '.join(over)} of |dw| > {NOISE_FACTOR}x torch's own"
     gap = abs(row["accuracy"] - row["torch_accuracy"])
     if row["accuracy"] < MIN_ACCURACY or gap > MAX_GAP:
         failed["one_epoch_accuracy"] = f"accuracy {row['accuracy']:.4f}, gap {gap:.4f}"
@@ -173,8 +168,10 @@ def measure(mistake, weights, splits, ref, noise, inputs):
                                    for k, g in torch_grads.items()))
     start_weights = side.initial_weights(0) if side.own_init else weights
     row.update(compare_runs(flax_run(side, start_weights, splits), ref, splits[1][1]))
-    if not side.own_init:
-        failed.update(failing_run_checks(row, noise))
+    if not side.own_init:  # the run-based checks start both sides from the same weights
+        failed.update(failing_epoch_checks(row, noise))
+        failed.update(trajectory.failures(trajectory.side_run(side, weights, splits[0]),
+                                          *ref.trajectory))
     row.update(failing_checks=failed, seconds=time.perf_counter() - start)
     return row
 

@@ -2,7 +2,6 @@
 
 from test_model import LOGIT_ATOL
 from test_training import GRAD_RTOL
-from test_trajectory import EARLY_ATOL
 
 HEADER = ("| # | mistake | shows first | logits max \\|Δ\\| | step 1: loss, grads (rel.) "
           "| \\|Δw\\| after 10 steps: max | after 100: median, max | accuracy, 1 epoch "
@@ -17,8 +16,11 @@ def shows_first(row):
         return "logits"
     if row["loss_1_rel"] > GRAD_RTOL or row["grads_1_rel"] > GRAD_RTOL:
         return "step 1"
-    if row["first_10_losses_max_abs"] > EARLY_ATOL or row["weights_10_max_abs"] > EARLY_ATOL:
-        return "10 steps"
+    if row.get("own_initial_weights") and "initial_draws" in row["failing_checks"]:
+        return "initial draws"
+    for check, where in (("first_10_steps", "10 steps"), ("100_steps", "100 steps")):
+        if check in row["failing_checks"]:
+            return where
     if row["failing_checks"]:
         return ", ".join(sorted(row["failing_checks"]))
     return "nowhere"
@@ -33,7 +35,7 @@ def outside_noise(row, noise):
 
 def noticed(row, noise):
     """Sort key: a load error first, then accuracy lost, then the quiet ones."""
-    if "load_error" in row:
+    if "load_error" in row or "measurement_failed" in row:
         return (0, 0)
     if row["own_initial_weights"]:
         return (3, 0)
@@ -46,10 +48,13 @@ def _g(value):
 
 def line(number, row):
     """One row of the table."""
+    if "measurement_failed" in row:
+        return f"| {number} | `{row['name']}` | not measured: {row['measurement_failed']} |"
     tests = ", ".join(f"`{t.split('::')[1]}`" for t in row["failing_tests"]) or "none"
     head = f"| {number} | `{row['name']}`: {row['what']} | {shows_first(row)} |"
     if "load_error" in row:
-        return f"{head} {row['load_error']} | | | | | | {tests} | {row['done_right']} |"
+        error = row["load_error"].split(" (https://")[0]
+        return f"{head} {error} | | | | | | {tests} | {row['done_right']} |"
     own = " (own init)" if row["own_initial_weights"] else ""
     step1 = f"{_g(row['loss_1_rel'])}, {_g(row['grads_1_rel'])}" if "loss_1_rel" in row else ""
     return (f"{head} {_g(row['logits_max_abs'])} | {step1} | {_g(row['weights_10_max_abs'])} "

@@ -1,0 +1,58 @@
+"""`python -m parity_tests.pitfalls`: its help, its one-line refusals before any measurement, and
+a table rendered from a record (the measurement itself runs for minutes: docs/porting.md)."""
+
+import pytest
+from cli_helpers import assert_usage_error, run_in_process
+
+from parity_tests.pitfalls import __main__ as pitfalls
+from parity_tests.pitfalls import catalogue, table
+
+
+def command(argv, capsys):
+    return run_in_process(pitfalls.main, argv, pitfalls.PROG, capsys)
+
+
+def test_help_names_the_columns_and_the_flags(capsys):
+    code, out, _ = command(["--help"], capsys)
+    assert code == 0
+    for words in ("--only", "--out", "--no-progress", "noise floor", "load time"):
+        assert words in out, words
+
+
+def test_an_unknown_mistake_is_refused(capsys):
+    code, _, err = command(["--only", "no_such_mistake"], capsys)
+    assert_usage_error(code, err, pitfalls.PROG, "--only", "no_such_mistake")
+
+
+@pytest.mark.parametrize("name, content", [("mine.json", '{"rows": []}\n'),
+                                           ("mine.md", "# my notes\n")])
+def test_out_never_replaces_a_users_file(tmp_path, capsys, name, content):
+    (tmp_path / name).write_text(content)
+    code, _, err = command(["--out", str(tmp_path / "mine.json")], capsys)
+    assert_usage_error(code, err, pitfalls.PROG, "--out", "is not")
+    assert (tmp_path / name).read_text() == content
+
+
+def test_the_table_sorts_load_errors_first_and_keeps_the_zero_line_on_top():
+    noise = {"name": "torch_other_layout", "what": "noise", "logits_max_abs": 0.0,
+             "accuracy": 0.93, "torch_accuracy": 0.93, "differ_from_torch": 40,
+             "first_10_losses_max_abs": 1e-6, "weights_10_max_abs": 1e-6,
+             "weights_100_median": 1e-5, "weights_100_max_abs": 1e-3}
+    quiet = {**noise, "name": "shipped", "own_initial_weights": False, "failing_checks": {},
+             "failing_tests": [], "loss_1_rel": 0.0, "grads_1_rel": 0.0, "done_right": "x:1"}
+    loud = {**quiet, "name": "loud", "accuracy": 0.5, "logits_max_abs": 1.0,
+            "failing_checks": {"logits": "AssertionError"},
+            "failing_tests": ["test_model.py::test_logits_match_on_identical_weights"]}
+    broken = {"name": "broken", "load_error": "ScopeParamShapeError: shape", "done_right": "x:2",
+              "failing_checks": {"logits": "ScopeParamShapeError"},
+              "failing_tests": ["test_model.py::test_logits_match_on_identical_weights"]}
+    record = {"date": "d", "machine": "m", "commit": "c", "command": "p", "seconds": 1,
+              "noise": noise, "rows": [quiet, loud, broken]}
+    rows = [line for line in table.markdown(record) if line.startswith("| ")][1:]
+    assert [r.split("`")[1] for r in rows] == ["torch_other_layout", "shipped", "broken", "loud"]
+    assert "load: `ScopeParamShapeError`" in rows[2] and "| logits |" in rows[3]
+    assert "nowhere" in rows[1]
+
+
+def test_every_mistake_has_a_name_the_command_accepts():
+    assert set(catalogue.BY_NAME) >= {m.name for m in catalogue.MISTAKES}
