@@ -56,7 +56,8 @@ def commit():
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -124,10 +125,11 @@ def main(argv=None):
         check_outputs(args.out)
     start = time.perf_counter()
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    code = commit()  # the code measured: the tree as the command started
 
     def record_of(noise, rows):
         return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc)
-                .strftime("%Y-%m-%d %H:%M UTC"), "machine": cpu_model(), "commit": commit(),
+                .strftime("%Y-%m-%d %H:%M UTC"), "machine": cpu_model(), "commit": code,
                 "seconds": round(time.perf_counter() - start), "noise": noise, "rows": rows}
 
     def keep(noise, rows):
