@@ -43,7 +43,8 @@ def test_the_table_sorts_load_errors_first_and_keeps_the_zero_line_on_top():
     loud = {**quiet, "name": "loud", "accuracy": 0.5, "logits_max_abs": 1.0,
             "failing_checks": {"logits": "AssertionError"},
             "failing_tests": ["test_model.py::test_logits_match_on_identical_weights"]}
-    broken = {"name": "broken", "load_error": "ScopeParamShapeError: shape", "done_right": "x:2",
+    broken = {"name": "broken", "what": "w", "load_error": "ScopeParamShapeError: shape",
+              "done_right": "x:2",
               "failing_checks": {"logits": "ScopeParamShapeError"},
               "failing_tests": ["test_model.py::test_logits_match_on_identical_weights"]}
     record = {"date": "d", "machine": "m", "commit": "c", "command": "p", "seconds": 1,
