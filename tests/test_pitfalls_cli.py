@@ -1,6 +1,8 @@
 """`python -m parity_tests.pitfalls`: its help, its one-line refusals before any measurement, and
 a table rendered from a record (the measurement itself runs for minutes: docs/porting.md)."""
 
+import json
+
 import pytest
 from cli_helpers import assert_usage_error, run_in_process
 
@@ -57,3 +59,34 @@ def test_the_table_sorts_load_errors_first_and_keeps_the_zero_line_on_top():
 
 def test_every_mistake_has_a_name_the_command_accepts():
     assert set(catalogue.BY_NAME) >= {m.name for m in catalogue.MISTAKES}
+
+
+def _part(tmp_path, name, rows, commit="abc"):
+    record = {"command": f"p --only {name}", "date": "2026-01-01 00:00 UTC", "machine": "m",
+              "commit": commit, "seconds": 5, "noise": {"differ_from_torch": 40}, "rows": rows}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_merge_takes_each_row_once_in_catalogue_order(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pitfalls, "publish", lambda record, out: print(json.dumps(record)))
+    shipped = {"name": "shipped", "accuracy": 0.9, "seconds": 1}
+    a = _part(tmp_path, "a", [shipped, {"name": "loss_summed"}])
+    b = _part(tmp_path, "b", [{**shipped, "seconds": 2}, {"name": "flatten_order"}])
+    code, out, err = command(["--merge", a, b], capsys)
+    assert code == 0, err
+    merged = json.loads(out)
+    assert [r["name"] for r in merged["rows"]] == ["shipped", "flatten_order", "loss_summed"]
+    assert merged["commit"] == "abc" and " & " in merged["command"]
+
+
+@pytest.mark.parametrize("change, words", [({"commit": "def"}, "different commits"),
+                                           ({"accuracy": 0.8}, "row shipped differs")])
+def test_merge_refuses_outputs_of_other_code_or_other_numbers(tmp_path, capsys, change, words):
+    shipped = {"name": "shipped", "accuracy": 0.9}
+    a = _part(tmp_path, "a", [shipped])
+    b = _part(tmp_path, "b", [{**shipped, **{k: v for k, v in change.items() if k != "commit"}}],
+              commit=change.get("commit", "abc"))
+    code, _, err = command(["--merge", a, b], capsys)
+    assert_usage_error(code, err, pitfalls.PROG, "--merge", words)

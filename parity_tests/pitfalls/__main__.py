@@ -1,6 +1,7 @@
 """Every porting mistake of the catalogue, measured against the shipped torch side.
 
     python -m parity_tests.pitfalls [--only NAME,...] [--out FILE.json] [--no-progress]
+    python -m parity_tests.pitfalls --merge PART.json ... [--out FILE.json]
 
 For each mistake (a named variant of the Flax side, parity_tests/pitfalls/catalogue.py) and
 for the shipped code (the zero line), from torch's seed-0 weights on the seed-0 batches:
@@ -107,12 +108,15 @@ def main(argv=None):
                         help="measure only these mistakes (the shipped code always)")
     parser.add_argument("--out", default=None, metavar="FILE.json",
                         help="also write the results as JSON and the table as FILE.md")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FILE.json",
+                        help="measure nothing: merge the outputs of runs of disjoint --only "
+                             "sets (one commit) into one table")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")
     args = parser.parse_args(argv)
     from mnist_common.reporting import cpu_model
 
-    from . import catalogue, table
+    from . import catalogue, merge
 
     names = None
     if args.only:
@@ -123,6 +127,10 @@ def main(argv=None):
                              f"{', '.join(catalogue.BY_NAME)})")
     if args.out:
         check_outputs(args.out)
+    if args.merge:
+        record = merge.merge(args.merge, RECORD_KEYS)
+        publish(record, args.out)
+        return
     start = time.perf_counter()
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
     code = commit()  # the code measured: the tree as the command started
@@ -137,12 +145,18 @@ def main(argv=None):
             write(args.out, json.dumps(record_of(noise, rows), indent=1) + "\n")
 
     noise, rows = measure_all(names, args.progress and sys.stderr.isatty(), keep)
-    record = record_of(noise, rows)
-    keep(noise, rows)
+    publish(record_of(noise, rows), args.out)
+
+
+def publish(record, out):
+    """Print the table; with `out`, write the record and the table beside it."""
+    from . import table
+
     text = "\n".join(table.markdown(record)) + "\n"
     print(text)
-    if args.out:
-        write(Path(args.out).with_suffix(".md"), f"{TABLE_START}\n{text}")
+    if out:
+        write(out, json.dumps(record, indent=1) + "\n")
+        write(Path(out).with_suffix(".md"), f"{TABLE_START}\n{text}")
 
 
 def write(path, text):
