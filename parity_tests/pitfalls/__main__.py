@@ -114,6 +114,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")
     args = parser.parse_args(argv)
+    code = commit()  # the tree as the command starts, before the minutes of imports
     from mnist_common.reporting import cpu_model
 
     from . import catalogue, merge
@@ -133,7 +134,6 @@ def main(argv=None):
         return
     start = time.perf_counter()
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
-    code = commit()  # the code measured: the tree as the command started
 
     def record_of(noise, rows):
         return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc)
