@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: train test bench lint data
 
-# constraints.txt pins every package to the versions the tests were run with (see README).
+# constraints.txt pins every package to the versions the tests were run with (see docs/maintaining.md).
 $(INSTALLED): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'

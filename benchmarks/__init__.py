@@ -11,6 +11,7 @@ four jobs:
 - report: `report` (Markdown and PNG).
 """
 
+import platform
 from pathlib import Path
 
 from mnist_common.config import Config
@@ -30,3 +31,16 @@ VARIANTS = {
                          "the engine changes on the CPU; run only where it changes something",
 }
 BASELINE = "torch-eager"  # every ratio is variant / torch eager NCHW
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere), for the
+    benchmark's and the parity report's machine lines."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

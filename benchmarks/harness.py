@@ -6,7 +6,8 @@ device synchronisation, the variants interleaved (A B A B ...) so that drift hit
 median and min-max; beside every window the share of the CPUs other processes took
 (/proc/stat): on a shared machine torch's OpenMP threads slow down many times over.
 
-Files: the benchmark replaces only what a benchmark run wrote (`ours`); each finished figure goes
+Files: the benchmark replaces only what the project wrote (`mnist_common.ownership`, the one
+rule for every writer); each finished figure goes
 into `<device>.partial.json`, and only a complete run replaces `<device>.{json,md,png}`.
 """
 
@@ -29,13 +30,13 @@ from pathlib import Path
 import jax
 import torch
 
-from benchmarks import REPO
+from benchmarks import REPO, cpu_model
 from flax_impl import backend as flax_backend
 from mnist_common import rundir
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError, describe
-from mnist_common.fileio import foreign, say
-from mnist_common.reporting import cpu_model
+from mnist_common.fileio import say
+from mnist_common.ownership import unowned
 from torch_impl import backend as torch_backend
 
 WINDOW_LIMIT_FACTOR = 4  # a timed window stops early once it lasts 4 x --window-seconds
@@ -45,8 +46,6 @@ METHOD = ("each function is called once alone (first call: compile/jit/autotune)
 _STARTED = time.perf_counter()
 SCHEMA = "mnist-cnn-benchmark/1"
 SCALING_SCHEMA = "mnist-cnn-scaling/1"
-_TITLES = (b"# MNIST CNN benchmark", b"# Data-parallel scaling")  # report.py's first lines
-_MATPLOTLIB_PNG = b"Software\x00Matplotlib"  # the tEXt chunk Matplotlib writes into a PNG
 
 # One function to time: `call()` does one unit of work, `sync(result)` waits for it.
 Candidate = collections.namedtuple("Candidate", "name call sync")
@@ -166,24 +165,6 @@ def read_results(path):
     return results if ok else None
 
 
-def _benchmark_file(path):
-    """Whether the regular file `path` holds what this benchmark writes under its name."""
-    if path.suffix == ".json":
-        return read_results(path) is not None
-    if read_results(path.with_suffix(".json")) is None:
-        return False  # a report is the benchmark's only beside a results JSON of it
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
-    if path.suffix == ".md":
-        return head.startswith(_TITLES)
-    return path.suffix == ".png" and head.startswith(b"\x89PNG") and _MATPLOTLIB_PNG in head
-
-
-def ours(path):
-    """True when `path` is free, or holds what this benchmark writes under that name."""
-    return not foreign(path, _benchmark_file)
-
-
 def output_names(stem):
     return [f"{stem}.json", f"{stem}.md", f"{stem}.png", f"{stem}.partial.json"]
 
@@ -191,7 +172,7 @@ def output_names(stem):
 def refuse_strangers(directory, names, flag="--out-dir"):
     """A UsageError naming the files among `names` in `directory` this benchmark did not write."""
     try:
-        strangers = [name for name in names if not ours(Path(directory) / name)]
+        strangers = unowned(directory, names)
     except OSError as err:
         raise UsageError(f"{flag} {directory}: cannot read it ({err.strerror or err})") from None
     one = len(strangers) == 1

@@ -226,7 +226,7 @@ def torch_layer_candidates(row, device, batch_size, module):
 
 def flax_layer_candidates(row, device, batch_size, name, jit):
     """Flax forward and forward+backward (vjp) of one layer (NHWC input), jitted by `jit`."""
-    kernel = architecture.layer(row["layer"]).kernel
+    kernel = next(layer for layer in architecture.LAYERS if layer.key == row["layer"]).kernel
     module = (linen.Conv(row["output_shape"][0], (kernel, kernel), padding="VALID")
               if row["kind"] == "conv" else linen.Dense(row["output_shape"][0]))
     x_shape, y_shape = ((batch_size, *shape[1:], shape[0]) if len(shape) == 3  # (C, H, W): NHWC

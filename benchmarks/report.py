@@ -5,7 +5,7 @@ import numpy as np
 
 from benchmarks import BASELINE, TARGET_ACCURACY
 from benchmarks.harness import windows_load
-from mnist_common.fileio import atomic_path
+from mnist_common.ownership import owned_path
 
 BUSY_WARNING = 0.05  # other processes above this share of the CPUs: the figure is suspect
 THROUGHPUT = (("train", "Training step (forward, loss, backward, Adam)", "training step"),
@@ -327,6 +327,6 @@ def plot(results, path):
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"MNIST CNN, {results['device_name']}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with owned_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

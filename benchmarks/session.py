@@ -20,7 +20,7 @@ from benchmarks.report import markdown, plot, scaling_markdown
 from mnist_common import data, rundir
 from mnist_common.allocator import keep_freed_memory
 from mnist_common.errors import UsageError
-from mnist_common.fileio import write_text_atomic
+from mnist_common.ownership import remove_owned, write_owned
 from mnist_common.reporting import write_metrics
 
 
@@ -149,7 +149,7 @@ def write_report(json_path, results):
             plot(results, json_path.with_name(f"{json_path.stem}.png"))
         except ImportError as err:  # a bare GPU image may lack matplotlib
             status(f"no PNG ({describe_error(err)}); run `{PROG} --render {json_path}` where it is")
-    write_text_atomic(json_path.with_name(f"{json_path.stem}.md"), text)
+    write_owned(json_path.with_name(f"{json_path.stem}.md"), text)
     return text
 
 
@@ -178,7 +178,7 @@ def publish(out_dir, results, partial):
         raise UsageError(f"{err}; the results are in {partial}") from None
     write_metrics(path, results)
     text = write_report(path, results)
-    partial.unlink(missing_ok=True)
+    remove_owned(partial)
     status(f"wrote {out_dir / results['device']}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
     print(text)
 

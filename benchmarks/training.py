@@ -2,9 +2,11 @@
 for one epoch, and stopped at the first epoch that reaches 98.5 % test accuracy; the training
 CLIs as fresh processes (`--cli`) and on 1 and N processes / devices (`run.py scaling`)."""
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +17,7 @@ import torch
 from benchmarks import REPO, TARGET_ACCURACY, TUTORIAL
 from benchmarks.harness import OtherLoad, describe_error, run_process, status
 from benchmarks.isolated import BACKENDS, default_variant
-from mnist_common import data, loop
+from mnist_common import data, loop, rundir
 from mnist_common.config import PRECISIONS, Config
 from mnist_common.errors import DataError, UsageError
 
@@ -42,33 +44,36 @@ def figures(metrics):
                                     "test_accuracy")}
 
 
-class Run(loop.TrainingRun):
-    """The CLIs' training run in a temp dir: a stop leaves no checkpoint and no `--resume` line;
-    `until_target` ends it after the first epoch whose test accuracy reaches the target."""
+class ScratchRun(rundir.Run):
+    """The run directory of a benchmark's run in a temp dir: a stop exits at once, leaving no
+    checkpoint and no `--resume` line."""
 
-    until_target = False
+    def stop(self, arrays, progress):
+        raise SystemExit(128 + (self.stop_requests.signum or signal.SIGTERM))
 
-    def stop(self, signum):
-        raise SystemExit(128 + signum)
 
-    def train_epoch(self, stop_requests, bar):
-        stopping = super().train_epoch(stop_requests, bar)
-        epochs = self.progress["epochs"]
-        if self.until_target and epochs and epochs[-1]["test_accuracy"] >= TARGET_ACCURACY:
-            self.total_steps = self.progress["global_step"]
-        return stopping
+@contextlib.contextmanager
+def scratch_run(config, framework, writer=True):
+    """`rundir.open_run` for a temp dir that is thrown away (nothing to check or lock)."""
+    yield ScratchRun(config, framework, Path(config.out_dir) if writer else None, None)
+
+
+def _reached_target(progress):
+    epochs = progress["epochs"]
+    return bool(epochs) and epochs[-1]["test_accuracy"] >= TARGET_ACCURACY
 
 
 def train_in_loop(device, framework, config, splits, until_target=False):
-    """The CLIs' loop once, in a temp dir on (data root, train, test): (metrics, wall s, load)."""
+    """The CLIs' loop once, in a temp dir on (data root, train, test): (metrics, wall s, load);
+    `until_target`: it ends after the first epoch whose test accuracy reaches the target."""
     backend, placement = BACKENDS[framework], getattr(device, framework)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         config = dataclasses.replace(config, out_dir=tmp, progress=False)
-        run = Run(config, backend, placement, splits)
-        run.until_target = until_target
         state = backend.create_train_state(config, placement)
         other_load = OtherLoad()
-        metrics = run.train(state, Path(tmp), None)
+        metrics = loop.fit(config, backend, placement, state, splits,
+                           until=_reached_target if until_target else None,
+                           open_run=scratch_run)
         return metrics, other_load.seconds(), other_load.stop()
 
 

@@ -18,9 +18,10 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from flax_impl import big_batch, convert, distributed, xla_cpu
+from flax_impl import convert, distributed, xla_cpu
 from flax_impl.model import CNN
 from mnist_common.errors import UsageError, first_line
+from mnist_common.fileio import say
 from mnist_common.loaders import PIXELS
 from mnist_common.placement import Placement
 
@@ -67,7 +68,17 @@ def _set_precision(precision, device):
                           "highest" if precision == "highest" else "tensorfloat32")
 
 
+def _compute_in_float32():
+    """The engine computes in float32 whatever the environment says: JAX_ENABLE_X64=1 (or
+    `jax_enable_x64`) changes the weights' bits after a few steps (measured), so it is set off
+    here, and said so."""
+    if jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", False)
+        say("flax: JAX_ENABLE_X64 ignored: the engine computes in float32")
+
+
 def select_placement(device, precision="highest"):
+    _compute_in_float32()
     distributed.init()  # joins the run when JAX_* asked for several processes: before devices
     first = _select_device(device)
     _set_precision(precision, first)
@@ -122,8 +133,8 @@ def _initial_params(init_rng):
 
 
 def create_train_state(config, placement):
-    rng = jax.random.PRNGKey(config.seed)
-    rng, init_rng = jax.random.split(rng)
+    # The second key of the seed's split: what the weights of every seed have been drawn from.
+    init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
     model = create_model(placement)
     params = _initial_params(init_rng)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=_adam(config.lr),
@@ -174,6 +185,36 @@ def steps_per_dispatch(placement):
     return 1 if placement.device.platform == "cpu" else None
 
 
+# Examples per forward/backward pass (about 1.9 GB of XLA temporaries): XLA:CPU's convolution
+# kernels allocate memory outside XLA's accounting, and a batch of 40,000 in one pass aborted
+# with std::bad_alloc on a 24 GiB machine. A larger batch takes the same step chunk by chunk.
+BIG_BATCH = 8192
+
+
+def _sum_loss(apply_fn, params, images, labels, weights):
+    """Σ weights · cross-entropy over one chunk."""
+    logits = apply_fn({"params": params}, images)  # (chunk, 10)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
+
+
+def _chunked_loss_and_grads(apply_fn, params, images, labels, mask=None):
+    """(mean loss, its gradient) of a batch larger than `BIG_BATCH`, chunk by chunk: the same
+    full-batch step in another order of float32 sums; `mask` as `cross_entropy`'s."""
+    count = images.shape[0]
+    weights = jnp.ones((count,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+    grad_fn = jax.value_and_grad(_sum_loss, argnums=1)
+    loss_sum, grad_sum = 0.0, None
+    # Unrolled, not a lax.scan: XLA:CPU ran the convolutions inside a scan's loop ~10x slower.
+    for start in range(0, count, BIG_BATCH):
+        part = slice(start, min(start + BIG_BATCH, count))
+        loss, grads = grad_fn(apply_fn, params, images[part], labels[part], weights[part])
+        loss_sum = loss_sum + loss
+        grad_sum = grads if grad_sum is None else jax.tree_util.tree_map(jnp.add, grad_sum,
+                                                                          grads)
+    total = weights.sum()
+    return loss_sum / total, jax.tree_util.tree_map(lambda g: g / total, grad_sum)
+
+
 def _step(state, batch):
     """The one step function, plain: `train_step` jits it, `train_steps` scans it (compiler
     options cannot sit on a nested jit), the benchmark jits it with XLA's defaults.
@@ -187,9 +228,9 @@ def _step(state, batch):
         logits = state.apply_fn({"params": params}, images)  # (N, 10)
         return cross_entropy(logits, labels, *mask)
 
-    if images.shape[0] > big_batch.CHUNK:  # see big_batch: XLA:CPU's kernels run out of memory
-        loss, grads = big_batch.mean_loss_and_grads(state.apply_fn, state.params, images, labels,
-                                                    *mask)
+    if images.shape[0] > BIG_BATCH:
+        loss, grads = _chunked_loss_and_grads(state.apply_fn, state.params, images, labels,
+                                              *mask)
     else:
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
     state = state.apply_gradients(grads=grads)

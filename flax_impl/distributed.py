@@ -11,6 +11,7 @@ equal share. XLA all-reduces the gradient, the loss and evaluation's sums inside
 step. Only process 0 writes files and shows progress (`mnist_common.placement.is_writer`).
 """
 
+import math
 import os
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import pad_batch
+from mnist_common.peers import host_and_port, waiting_for_peers, whole_number
 
 DATA_AXIS = "data"
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -40,29 +42,46 @@ def requested():
     return any(os.environ.get(name) for name in _DISTRIBUTED_ENV)
 
 
-def init():
-    """`jax.distributed.initialize` from the three JAX_* variables, if they ask for it (before
-    any device is used)."""
-    if not requested():
-        return
+class Start(NamedTuple):
+    """A multi-process start as the environment describes it, every value checked."""
+
+    world_size: int
+    rank: int
+    address: str  # host:port of the coordinator
+
+
+def start_from_env():
+    """JAX_NUM_PROCESSES, JAX_PROCESS_ID and JAX_COORDINATOR_ADDRESS, checked before anything
+    waits: a value left over in a shell is one line, not a silent wait."""
     present = [name for name in _DISTRIBUTED_ENV if os.environ.get(name)]
     if len(present) != len(_DISTRIBUTED_ENV):
         missing = ", ".join(n for n in _DISTRIBUTED_ENV if n not in present)
         raise UsageError(f"{', '.join(present)} set but {missing} not: set all three to train "
                          f"on several processes")
-    try:
-        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-        process_id = int(os.environ["JAX_PROCESS_ID"])
-    except ValueError:
-        raise UsageError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers") from None
-    if not 0 <= process_id < num_processes:
-        raise UsageError(f"JAX_PROCESS_ID {process_id} is not in [0, {num_processes})")
+    world_size = whole_number("JAX_NUM_PROCESSES", os.environ["JAX_NUM_PROCESSES"], 1)
+    rank = whole_number("JAX_PROCESS_ID", os.environ["JAX_PROCESS_ID"], 0, world_size,
+                        f"JAX_NUM_PROCESSES={world_size}")
     address = os.environ["JAX_COORDINATOR_ADDRESS"]
-    try:
-        jax.distributed.initialize(address, num_processes, process_id)
-    except Exception as err:  # e.g. the coordinator's port is taken: JaxRuntimeError
-        raise UsageError(f"JAX_COORDINATOR_ADDRESS {address}: cannot join the run "
-                         f"({first_line(err)})") from None
+    host_and_port("JAX_COORDINATOR_ADDRESS", address)
+    return Start(world_size, rank, address)
+
+
+def init():
+    """`jax.distributed.initialize` from the three JAX_* variables, if they ask for it (before
+    any device is used). The wait for the other processes is announced and bounded
+    (`mnist_common.peers`): JAX's own client would abort the process, after 5 minutes."""
+    if not requested():
+        return
+    start = start_from_env()
+    with waiting_for_peers(start.world_size, start.address, start.rank,
+                           "the same JAX_NUM_PROCESSES and JAX_COORDINATOR_ADDRESS and its own "
+                           "JAX_PROCESS_ID") as seconds:
+        try:  # JAX's own limit is later than ours, so ours speaks first
+            jax.distributed.initialize(start.address, start.world_size, start.rank,
+                                       initialization_timeout=math.ceil(seconds) + 60)
+        except Exception as err:  # e.g. the coordinator's port is taken: JaxRuntimeError
+            raise UsageError(f"JAX_COORDINATOR_ADDRESS {start.address}: cannot join the run "
+                             f"({first_line(err)})") from None
 
 
 def group_over(device):

@@ -4,7 +4,7 @@ A thin entry point: it parses the flags (before importing the framework, so `--h
 flag answer at once) and hands the engine, `flax_impl/backend.py`, to the shared evaluation.
 """
 
-from mnist_common.config import program
+from mnist_common.config import cli_name
 from mnist_common.errors import run_cli
 from mnist_common.evaluation import evaluate_weights, parse_args
 
@@ -17,4 +17,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, prog=program("flax", "evaluate"))
+    run_cli(main, prog=cli_name("flax", "evaluate"))

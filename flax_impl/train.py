@@ -5,7 +5,7 @@ flag answer at once) and hands the engine, `flax_impl/backend.py`, to the shared
 """
 
 from mnist_common.allocator import keep_freed_memory
-from mnist_common.config import parse_config, program
+from mnist_common.config import cli_name, parse_config
 from mnist_common.errors import run_cli
 
 DESCRIPTION = "Train the tutorial's MNIST CNN with Flax Linen and Optax."
@@ -26,4 +26,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, prog=program("flax"))
+    run_cli(main, prog=cli_name("flax"))

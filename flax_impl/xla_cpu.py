@@ -2,27 +2,15 @@
 
 `COMPILER_OPTIONS` (through `jit`, which `flax_impl.backend` uses for its train step and scan)
 turns off XLA:CPU's YNNPACK fusions, so that XLA runs its own (Eigen) convolutions. YNNPACK
-computes a lone convolution and the convolutions of a gradient several times slower for this
-model's layers. Each layer alone, forward + backward at batch 256, median ms (2-core Intel Xeon,
-`python benchmarks/run.py --device cpu`, its layer table):
-
-    layer              torch (oneDNN)   XLA, this option (Eigen)   XLA's defaults (YNNPACK)
-    28x28x1 -> 16           2.3                7.5                       13.4
-    24x24x16 -> 32         32.4               56.7                      327
-    10x10x32 -> 64         12.7               20.6                       39.5
-
-A forward-only graph is another matter: there XLA's defaults hand the whole CNN to YNNPACK, which
-is 1.2-1.8x faster than XLA's convolutions (batch 1 to 10,000), so evaluation and logits are
-jitted plainly. The option is a CPU setting that other backends ignore; it changes the order of
-float32 sums inside the convolutions, not what is computed. Not taken: YNNPACK for elementwise
-fusions only (`LIBRARY_FUSION_TYPE_ELTWISE`) made the step ~9 % faster, but a 2-device mesh then
-drifted from one device by 5.4e-5 in the loss within 20 steps (`tests/test_data_parallel.py`
-allows 1e-5; XLA's own elementwise code stays within it).
+computes a gradient's convolutions several times slower for this model's layers, while for a
+forward-only graph it is faster, so evaluation and logits are jitted plainly. The option changes
+the order of float32 sums inside the convolutions, not what is computed; other backends ignore
+it. The figures, and what else was tried: docs/speed.md.
 
 `max_pool`: `create_model` gives the CNN this 2x2 max-pool on the CPU (a GPU gets Flax's).
 XLA:CPU expands the gradient of `reduce_window` max (`select_and_scatter`) into a variadic
-reduce_window over four int32 index arrays plus a scatter: 32 ms at (256, 20, 20, 32), against
-2.7 ms for this one, with the same values and gradients bit for bit.
+reduce_window over four int32 index arrays plus a scatter, several times slower than this one
+(docs/speed.md), with the same values and gradients bit for bit.
 """
 
 import jax

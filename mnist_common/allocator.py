@@ -8,11 +8,7 @@ on the 2-core CPU, in both frameworks. `keep_freed_memory` tells malloc to serve
 from its heap and to keep the heap's top when it is freed, so after the first step a block
 comes from memory already mapped. It changes where buffers live, not what is computed.
 
-Measured (2-core Xeon, batch 256, median ms per train step, one run each, the setting applied
-through `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`): torch
-72 -> 58, Flax 109 -> 96; page faults per step 13,900 -> 0 (torch) and 14,300 -> 1,600 (Flax).
-One epoch through the CLIs' loop, with and without, two alternations: torch 16.8 / 17.7 ->
-13.9 / 14.7 s; Flax 30.9 / 31.2 -> 29.3 / 32.6 s (no clear change).
+What it saved, per step and per epoch, in both frameworks: docs/speed.md.
 The price: the process keeps its peak heap until it exits, which a training run does anyway.
 """
 

@@ -1,7 +1,8 @@
 """The tutorial's CNN stated once: every layer, its shapes and its canonical weight keys.
 
-Both models check themselves against `LAYERS`, the weight file derives its keys and shapes from
-it, the Flax converter its layouts, and the benchmark its FLOP count. To change a kernel size or
+The shape tests check both models against `LAYERS` (parity_tests/test_model.py), the weight
+file derives its keys and shapes from it, the Flax converter its layouts, and the benchmark its
+FLOP count. To change a kernel size or
 a channel count, change it here (and the two models' bodies); the shape tests say what else
 disagrees.
 """
@@ -66,8 +67,3 @@ NUM_PARAMETERS = sum(
     a * b * c * d for a, b, c, d in
     ((*shape, 1, 1, 1)[:4] for shape in CANONICAL_SHAPES.values()))  # 123,222
 FORWARD_MULTIPLY_ADDS = sum(layer.multiply_adds for layer in LAYERS)
-
-
-def layer(key):
-    """The layer whose canonical key prefix is `key`."""
-    return next(entry for entry in LAYERS if entry.key == key)

@@ -11,16 +11,25 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from mnist_common.architecture import CANONICAL_SHAPES
-from mnist_common.config import program
-from mnist_common.errors import UsageError, first_line
-from mnist_common.fileio import foreign, fsync_dir, remove_path, sha256_file, write_text_atomic
+from mnist_common.config import cli_name
+from mnist_common.errors import UsageError, first_line, short_path
+from mnist_common.fileio import fsync_dir, sha256_file
+from mnist_common.ownership import (
+    RECORD_NAME,
+    RECORD_TEMP,
+    make_temp_dir,
+    may_replace,
+    remove_leftovers,
+    remove_owned,
+    rename_owned,
+    write_owned,
+)
 from mnist_common.weights import check_weights, load_arrays_file, save_arrays, save_weights
 
 CHECKPOINT_DIR = "checkpoints"
@@ -28,11 +37,6 @@ LATEST = "latest"  # a one-line file naming the newest complete checkpoint direc
 CHECKPOINT_FORMAT = 1
 ARRAY_FILES = ("model.safetensors", "optimizer.safetensors")  # each must be named and hashed
 _CHECKPOINT_NAME = re.compile(r"step-\d{7,}(-\d+)?")
-_LATEST_TEMP = re.compile(r"\.latest\.[^/]*\.tmp")
-_TEMP_NAME = re.compile(r"\.step-\d{7,}(-\d+)?\.tmp-\d+")
-# What a checkpoint dir of ours holds: its files, and in a killed writer's, their temp files.
-_CHECKPOINT_FILE = re.compile(r"\.?(model\.safetensors|optimizer\.safetensors|progress\.json)"
-                              r"(\.[^/]*\.tmp)?")
 # Changing these changes the trajectory, so a resumed run must keep them.
 RESUME_MUST_MATCH = ("batch_size", "lr", "seed")
 
@@ -63,66 +67,69 @@ def _live_name(root):
 def save_checkpoint(out_dir, params, optimizer, progress):
     """Write a checkpoint directory, then point `latest` at it; a crash keeps the previous one.
 
-    Returns the new checkpoint's directory.
+    Returns the new checkpoint's directory. Only what `ownership.may_replace` allows is ever
+    replaced or pruned: the store's own superseded checkpoints and killed writers' temp files.
     """
     root = checkpoint_root(out_dir)
     root.mkdir(exist_ok=True)
+    remove_leftovers(root)
     live = _live_name(root)
     name = base = f"step-{progress['global_step']:07d}"
     suffix = 0
     # Never touch the directory `latest` names until it is superseded, nor one not ours.
-    while name == live or ((root / name).exists() and not _written_here(root / name)):
+    while name == live or not may_replace(root / name):
         suffix += 1
         name = f"{base}-{suffix}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = make_temp_dir(root, f".{name}.tmp-")
     try:  # a full disk (or any failed write) leaves no temp dir behind
-        tmp.mkdir()
         save_weights(tmp / "model.safetensors", params)
         save_arrays(tmp / "optimizer.safetensors", optimizer)
         files = {f: sha256_file(tmp / f) for f in ARRAY_FILES}
         record = {**progress, "format": CHECKPOINT_FORMAT, "files": files}
-        write_text_atomic(tmp / "progress.json", json.dumps(record) + "\n")
+        write_owned(tmp / "progress.json", json.dumps(record) + "\n")
         fsync_dir(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_owned(tmp)
         raise
     final = root / name
-    if final.exists():  # left by a writer killed before it updated `latest`: not trusted
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    rename_owned(tmp, final)  # replaces one left by a writer killed before it updated `latest`
     fsync_dir(root)
-    write_text_atomic(root / LATEST, name + "\n")  # the commit point
+    write_owned(root / LATEST, name + "\n")  # the commit point
     fsync_dir(root)
-    for entry in root.iterdir():  # the superseded checkpoint and litter of killed writers
-        if entry.name not in (name, LATEST) and _written_here(entry):
-            remove_path(entry)
+    for entry in root.iterdir():  # the superseded checkpoint; what is not ours stays
+        if entry.name not in (name, LATEST, RECORD_NAME, RECORD_TEMP):
+            remove_owned(entry)
     return final
 
 
-def _written_here(entry):
-    """Whether `entry` in the store is a checkpoint (or a killed writer's temp dir) of ours:
-    a directory with a checkpoint's name holding nothing but a checkpoint's files, or the temp
-    file of a `latest` write."""
-    if _LATEST_TEMP.fullmatch(entry.name):
-        return entry.is_file() and not entry.is_symlink()
-    if entry.is_symlink() or not entry.is_dir():
-        return False
-    if _TEMP_NAME.fullmatch(entry.name):
-        return True  # a killed writer's temp dir: the store's own name, whatever it got to write
-    if not _CHECKPOINT_NAME.fullmatch(entry.name):
-        return False
+def refuse_unusable_store(out_dir):
+    """Before any work: `checkpoints` must be a folder (or absent), and one reached through a
+    link must be empty or hold this out-dir's own run: another run's store is not this run's to
+    prune or repoint."""
+    root = checkpoint_root(out_dir)
+    if not os.path.lexists(root):
+        return
+    where = f"--out-dir {short_path(out_dir)}: {short_path(root)}"
+    if not root.is_dir():
+        raise UsageError(f"{where} exists and is not a directory; move it away or choose "
+                         f"another --out-dir")
+    if not root.is_symlink() or not [
+            p for p in root.iterdir() if p.name not in (RECORD_NAME, RECORD_TEMP)]:
+        return
     try:
-        return all(_CHECKPOINT_FILE.fullmatch(f.name) and f.is_file() and not f.is_symlink()
-                   for f in entry.iterdir())
-    except OSError:
-        return False
+        saved_by = load_checkpoint(out_dir).progress["config"].get("out_dir")
+    except UsageError:
+        saved_by = None
+    if saved_by is None or Path(saved_by).resolve() != Path(out_dir).resolve():
+        raise UsageError(f"{where} links to {short_path(root.resolve())}, which holds another "
+                         f"run's checkpoints (or files of no run of this --out-dir); link to an "
+                         f"empty folder, or choose another --out-dir")
 
 
-def refuse_foreign_pointer(out_dir):
-    """A `checkpoints/latest` that is not a pointer of ours is the user's: never replaced."""
+def refuse_unowned_pointer(out_dir):
+    """A `checkpoints/latest` the project did not write is the user's: never replaced."""
     latest = checkpoint_root(out_dir) / LATEST
-    if foreign(latest, lambda path: _live_name(path.parent) is not None):
+    if not may_replace(latest):
         raise UsageError(f"{latest} is not a checkpoint pointer of this project; move it away "
                          f"or choose another --out-dir")
 
@@ -232,7 +239,7 @@ def check_resume(config, framework, progress, checkpoint_dir):
     """A resumed run must be the same framework and keep what shapes the trajectory."""
     if progress["framework"] != framework:
         raise UsageError(f"--resume: {checkpoint_dir} was written by "
-                         f"{program(progress['framework'])}; resume it with that")
+                         f"{cli_name(progress['framework'])}; resume it with that")
     mismatch = _first_mismatch(config, progress["config"])
     if mismatch:
         flag, saved, given = mismatch

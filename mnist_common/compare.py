@@ -8,22 +8,12 @@ the picture shows it at a glance.
 import json
 from pathlib import Path
 
-from mnist_common.errors import ArgumentParser, UsageError, run_cli
-from mnist_common.fileio import check_path, foreign
+from mnist_common.errors import ArgumentParser, UsageError, escaped, run_cli
+from mnist_common.fileio import check_path
+from mnist_common.ownership import may_replace, owned_path
 
 PROG = "python -m mnist_common.compare"
-FIGURE_SOFTWARE = "mnist-cnn-parity compare"  # the PNG text that marks a figure as compare's
-
-
-def _is_compare_figure(path):
-    """Whether `path` is a PNG that an earlier compare wrote (the only kind it replaces)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.text.get("Software") == FIGURE_SOFTWARE
-    except (OSError, ValueError):
-        return False
+FIGURE_SOFTWARE = "mnist-cnn-parity compare"  # the PNG's Software text: who drew it
 
 
 def read_metrics(run_dir):
@@ -79,8 +69,6 @@ def plot_runs(runs, path):
     plt = pyplot()
     import numpy as np
 
-    from mnist_common.fileio import atomic_path
-
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     for m in runs:
         label = f"{m['framework']} ({m['device']})"
@@ -96,7 +84,7 @@ def plot_runs(runs, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with owned_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": FIGURE_SOFTWARE})
     plt.close(fig)
 
@@ -112,7 +100,7 @@ def main(argv=None):
     runs = [read_metrics(d) for d in args.run_dirs]
     plot = Path(args.plot) if args.plot else Path(args.run_dirs[0]).resolve().parent / "compare.png"
     check_path(plot, "--plot")
-    if foreign(plot, _is_compare_figure):
+    if not may_replace(plot):
         raise UsageError(f"--plot {plot}: exists and is not a figure compare wrote; choose "
                          f"another --plot (only such figures are replaced)")
     print(format_table(runs))
@@ -120,7 +108,7 @@ def main(argv=None):
         plot_runs(runs, plot)
     except OSError as err:
         raise UsageError(f"--plot {plot}: cannot write it ({err.strerror or err})") from None
-    print(f"figure: {plot}")
+    print(f"figure: {escaped(plot)}")
 
 
 if __name__ == "__main__":

@@ -37,70 +37,73 @@ class Config:
     steps_per_dispatch: int | None = None  # None: the engine's choice (1 on a CPU, else an epoch)
 
     def __post_init__(self):
-        # The flags already check these; this guards a Config built in code.
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, "
-                                 f"got {getattr(self, name)!r}")
-        if self.steps_per_dispatch is not None and (
-                not isinstance(self.steps_per_dispatch, int) or self.steps_per_dispatch < 1):
-            raise UsageError(f"--steps-per-dispatch must be at least 1, "
-                             f"got {self.steps_per_dispatch!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps!r}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise UsageError(f"--lr must be a finite number > 0, got {self.lr!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise UsageError(f"--seed must be in [0, 2**32), got {self.seed!r}")
-        if self.device not in DEVICES:
-            raise UsageError(f"--device {self.device}: unknown device "
-                             f"(choose {', '.join(DEVICES)})")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision {self.precision}: unknown precision "
-                             f"(choose {', '.join(PRECISIONS)})")
+        # The flags' own checks (below) are these: each value is checked by one function.
+        for name, check in _CHECKS.items():
+            value = getattr(self, name)
+            if value is None and name in ("max_steps", "steps_per_dispatch"):
+                continue
+            try:
+                check(value)
+            except ValueError as err:
+                raise UsageError(f"--{name.replace('_', '-')} {err}") from None
+        for name, choices in (("device", DEVICES), ("precision", PRECISIONS),
+                              ("loader", LOADERS)):
+            if getattr(self, name) not in choices:
+                raise UsageError(f"--{name} {getattr(self, name)}: unknown {name} "
+                                 f"(choose {', '.join(choices)})")
         if self.resume and self.resume_from is not None:
             raise UsageError("--resume continues the run in --out-dir, --resume-from starts a new "
                              "one from another run's checkpoint: pass one of them")
-        if self.loader not in LOADERS:
-            raise UsageError(f"--loader {self.loader}: unknown loader "
-                             f"(choose {', '.join(LOADERS)})")
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _check_count(value):
+    """A whole number of at least 1 (epochs, batch size, steps)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be at least 1, got {value!r}")
     return value
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+def _check_lr(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"must be a finite number > 0, got {value!r}")
     return value
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+def _check_seed(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"must be in [0, 2**32), got {value!r}")
     return value
+
+
+_CHECKS = {"epochs": _check_count, "batch_size": _check_count, "lr": _check_lr,
+           "seed": _check_seed, "max_steps": _check_count, "steps_per_dispatch": _check_count}
+
+
+def _flag_type(parse, check):
+    """An argparse `type`: the text parsed by `parse`, then checked by `check`."""
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            what = "a whole number" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
+
+
+positive_int = _flag_type(int, _check_count)
+_seed = _flag_type(int, _check_seed)
+_positive_float = _flag_type(float, _check_lr)
 
 
 FRAMEWORKS = ("torch", "flax")
 
 
-def program(framework, tool="train"):
+def cli_name(framework, tool="train"):
     """The command that runs a CLI, as messages print it: `python -m torch_impl.train`."""
     return f"python -m {framework}_impl.{tool}"
 
@@ -108,7 +111,7 @@ def program(framework, tool="train"):
 def resume_command(framework, config):
     """The command line that continues the run `config` describes."""
     defaults = Config()
-    words = [*program(framework).split(), "--resume", "--out-dir", str(config.out_dir)]
+    words = [*cli_name(framework).split(), "--resume", "--out-dir", str(config.out_dir)]
     for field in ("epochs", "batch_size", "lr", "seed", "device", "data_dir", "loader",
                   "max_steps", "precision", "steps_per_dispatch"):
         value = getattr(config, field)
@@ -138,7 +141,7 @@ def add_device_flags(parser, defaults):
 def build_parser(framework, description):
     """The flags both `torch_impl.train` and `flax_impl.train` accept; each default said once."""
     defaults = Config()
-    parser = ArgumentParser(prog=program(framework), description=description)
+    parser = ArgumentParser(prog=cli_name(framework), description=description)
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, metavar="N",
                         help="passes over the 60,000 training images (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,

@@ -5,15 +5,15 @@ flag answer at once, then hands the engine in (`evaluate_weights`), as the train
 """
 
 
-from mnist_common.config import Config, add_device_flags, program
-from mnist_common.errors import ArgumentParser, UsageError
-from mnist_common.fileio import check_out_file, holds_json_record
+from mnist_common.config import Config, add_device_flags, cli_name
+from mnist_common.errors import ArgumentParser, UsageError, short_path
+from mnist_common.ownership import check_out_file
 
 
 def build_parser(framework):
     """Flags of `python -m <framework>_impl.evaluate`."""
     parser = ArgumentParser(
-        prog=program(framework, "evaluate"),
+        prog=cli_name(framework, "evaluate"),
         description=f"Evaluate canonical weights (.safetensors from either framework, or the "
                     f"tutorial's .pt state_dict) with {framework} on all 10,000 test images.")
     parser.add_argument("--weights", required=True, metavar="FILE",
@@ -24,16 +24,6 @@ def build_parser(framework):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no status lines while preparing data (shown by default)")
     return parser
-
-
-# The keys of the JSON file --out writes; a file with exactly these is an earlier evaluation's.
-EVALUATION_KEYS = ("framework", "weights", "device", "precision", "versions", "test_loss",
-                   "test_accuracy", "test_correct", "test_examples")
-
-
-def is_evaluation_record(path):
-    """Whether `path` holds the JSON an earlier `--out` wrote (and nothing else)."""
-    return holds_json_record(path, EVALUATION_KEYS)
 
 
 def load_state(backend, params, device="auto", precision="highest"):
@@ -47,8 +37,7 @@ def parse_args(framework, argv):
     """The flags of `python -m <framework>_impl.evaluate`, checked before any framework loads."""
     args = build_parser(framework).parse_args(argv)
     if args.out:
-        check_out_file(args.out, "--out", is_evaluation_record,
-                       "an earlier evaluation's output")
+        check_out_file(args.out, "--out", "an earlier evaluation's output")
     return args
 
 
@@ -69,7 +58,7 @@ def evaluate_weights(args, backend):
     test_batches = loaders.EngineBatches(backend, placement, test_split, train=False,
                                          loader=args.loader, root=root)
     evaluation = backend.evaluate(state, test_batches.every_example())
-    metrics = {  # the keys of EVALUATION_KEYS
+    metrics = {
         "framework": framework,
         "weights": str(args.weights),
         "device": backend.describe_placement(placement),
@@ -80,11 +69,12 @@ def evaluate_weights(args, backend):
         "test_correct": evaluation["correct"],
         "test_examples": evaluation["examples"],
     }
-    print(f"{framework}: {args.weights}: test accuracy {100 * evaluation['accuracy']:.2f} % "
-          f"({evaluation['correct']}/{evaluation['examples']}), test loss {evaluation['loss']:.4f}")
-    if args.out:
+    if args.out:  # written before the line is printed: a closed stdout cannot lose it
         try:
             reporting.write_metrics(args.out, metrics)
         except OSError as err:
             raise UsageError(f"--out {args.out}: cannot write it ({err.strerror or err})") from None
+    print(f"{framework}: {short_path(args.weights)}: test accuracy "
+          f"{100 * evaluation['accuracy']:.2f} % ({evaluation['correct']}/"
+          f"{evaluation['examples']}), test loss {evaluation['loss']:.4f}")
     return metrics

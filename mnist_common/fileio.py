@@ -8,14 +8,13 @@ when one is known, so callers catch one exception type and report it in one line
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from mnist_common.errors import UsageError, first_line, shown
+from mnist_common.errors import UsageError, escaped, first_line, short_path
 
 try:
     import fcntl
@@ -33,48 +32,12 @@ def check_path(path, flag):
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as err:
-        raise UsageError(f"{flag} {shown(path)}: {err.strerror}") from None
-
-
-def foreign(path, is_ours):
-    """Whether `path` is there (a dangling link too) but is not a regular file that `is_ours`
-    (given the path) recognises: a file the project must not replace."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        return False
-    return path.is_symlink() or not path.is_file() or not is_ours(path)
-
-
-def holds_json_record(path, keys):
-    """Whether `path` holds a JSON object with exactly `keys`: how a command recognises an
-    output file of its own that it may replace."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-        return False
-    return isinstance(record, dict) and sorted(record) == sorted(keys)
-
-
-def check_out_file(path, flag, is_ours, what):
-    """Fail before any work if `flag`'s file cannot be written (the write itself is atomic), or
-    if it names a file that `is_ours` does not recognise as `what`: that one is the user's."""
-    path = Path(path)
-    check_path(path, flag)
-    if path.is_dir():
-        raise UsageError(f"{flag} {shown(path)}: is a directory")
-    if foreign(path, is_ours):
-        raise UsageError(f"{flag} {shown(path)}: exists and is not {what}; choose a new file "
-                         f"name (only such outputs are replaced)")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {shown(path)}: directory {shown(parent)} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {shown(path)}: directory {shown(parent)} is not writable")
+        raise UsageError(f"{flag} {short_path(path)}: {err.strerror}") from None
 
 
 def say(message):
-    """A status line on stderr (stdout is for results)."""
-    print(message, file=sys.stderr, flush=True)
+    """A status line on stderr (stdout is for results); a path's newline shown escaped."""
+    print(escaped(message), file=sys.stderr, flush=True)
 
 
 def sha256_file(path):
@@ -114,16 +77,22 @@ def as_os_error(err):
 
 
 @contextlib.contextmanager
-def atomic_path(path, before_replace=None):
+def atomic_path(path, before_replace=None, tmp=None, reuse=False):
     """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed.
 
+    `tmp`: the temp file's name (created here, never through a link; by default a fresh
+    `.NAME.*.tmp`); `reuse`: truncate a `tmp` that is already there instead of failing.
     `before_replace(tmp)`, if given, runs on the finished temp file just before the rename.
 
     Any exception raised by a writer inside the block (other than an interrupt) is re-raised
     as an OSError, so a full disk reads the same whichever library hit it.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if tmp is None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    else:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if reuse else os.O_EXCL)
+        fd = os.open(tmp, flags, 0o600)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -140,15 +109,11 @@ def atomic_path(path, before_replace=None):
         raise
 
 
-def write_bytes_atomic(path, data, before_replace=None):
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    with atomic_path(path, before_replace) as tmp:
+def write_bytes_atomic(path, data, **options):
+    """Write `data` to `path` so that readers see the old file or the whole new one
+    (`options`: as `atomic_path`'s)."""
+    with atomic_path(path, **options) as tmp:
         Path(tmp).write_bytes(data)
-
-
-def write_text_atomic(path, text, before_replace=None):
-    """Text version of `write_bytes_atomic`."""
-    write_bytes_atomic(path, text.encode(), before_replace)
 
 
 @contextlib.contextmanager
@@ -157,8 +122,15 @@ def exclusive_lock(lock_path, *, wait=False, on_wait=None):
 
     With `wait` False a lock held by another process raises BlockingIOError; with `wait` True
     this blocks, calling `on_wait()` once first. The kernel releases the lock if we are killed.
+    A symbolic link at `lock_path` is refused (UsageError), never followed.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link: a dangling one would create a file where it points
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        if not os.path.islink(lock_path):
+            raise
+        raise UsageError(f"{short_path(lock_path)} is a symbolic link, not a lock file of this "
+                         f"project: remove it ({err.strerror})") from None
     try:
         if fcntl is not None:
             try:

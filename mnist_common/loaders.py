@@ -70,19 +70,6 @@ def batches_of(split, index_lists, *, train, loader="memory", root=None):
     return _memory_batches(*split, index_lists)
 
 
-def train_batches(split, *, seed, epoch, batch_size, loader="memory", root=None, start_step=0):
-    """Yield host batches (images (B, 1, 28, 28) float32, labels (B,) int64) for one epoch."""
-    index_lists = train_index_batches(len(split[1]), seed=seed, epoch=epoch,
-                                      batch_size=batch_size, start_step=start_step)
-    return batches_of(split, index_lists, train=True, loader=loader, root=root)
-
-
-def eval_batches(split, *, loader="memory", root=None, batch_size=EVAL_BATCH_SIZE):
-    """Yield every test image once, in file order, in the same format as `train_batches`."""
-    index_lists = eval_index_batches(len(split[1]), batch_size)
-    return batches_of(split, index_lists, train=False, loader=loader, root=root)
-
-
 def pad_batch(images, labels, parts):
     """A host batch for `parts` equal shares (processes or devices), the data-parallel policy of
     both engines: unchanged when it divides, else padded with zero images and returned with a

@@ -9,8 +9,7 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnist_common.fileio import atomic_path, write_text_atomic
-from mnist_common.ownership import forget_replaced, recorder
+from mnist_common.ownership import owned_path, write_owned
 from mnist_common.weights import save_weights
 
 OUTPUTS = ("model.safetensors", "metrics.json", "loss.png")  # what a run writes in --out-dir
@@ -23,12 +22,12 @@ def progress_bar(iterable, *, total, desc, enabled, leave=False):
                 dynamic_ncols=True)
 
 
-def write_metrics(path, metrics, before_replace=None):
-    """Write metrics as indented JSON, atomically (`before_replace`: see `fileio.atomic_path`)."""
-    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", before_replace)
+def write_metrics(path, metrics):
+    """Write metrics as indented JSON, atomically, as the project's (`mnist_common.ownership`)."""
+    write_owned(path, json.dumps(metrics, indent=2) + "\n")
 
 
-def plot_losses(path, metrics, before_replace=None):
+def plot_losses(path, metrics):
     """Training loss per step and test loss per epoch, one PNG."""
     from mnist_common.plotting import pyplot
 
@@ -48,22 +47,9 @@ def plot_losses(path, metrics, before_replace=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path, before_replace) as tmp:
+    with owned_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere), for the
-    benchmark's and the parity report's machine lines."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summary_line(metrics):
@@ -107,8 +93,6 @@ def write_outputs(out_dir, params, metrics):
     """model.safetensors, loss.png, then metrics.json (the run's summary goes last); each file
     is replaced atomically and recorded as the project's (`mnist_common.ownership`) before it
     lands. A failed write (a full disk) raises OSError."""
-    save_weights(out_dir / "model.safetensors", params,
-                 before_replace=recorder(out_dir, "model.safetensors"))
-    plot_losses(out_dir / "loss.png", metrics, recorder(out_dir, "loss.png"))
-    write_metrics(out_dir / "metrics.json", metrics, recorder(out_dir, "metrics.json"))
-    forget_replaced(out_dir, OUTPUTS)
+    save_weights(out_dir / "model.safetensors", params)
+    plot_losses(out_dir / "loss.png", metrics)
+    write_metrics(out_dir / "metrics.json", metrics)

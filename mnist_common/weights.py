@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from mnist_common.architecture import CANONICAL_SHAPES, NUM_PARAMETERS  # noqa: F401 (re-exported)
 from mnist_common.errors import UsageError, describe, first_line
-from mnist_common.fileio import atomic_path, check_path, say
+from mnist_common.fileio import check_path, say
+from mnist_common.ownership import owned_path
 
 
 def check_weights(arrays, source):
@@ -31,18 +32,17 @@ def check_weights(arrays, source):
             raise UsageError(f"{source}: {key} has dtype {arrays[key].dtype}, expected float32")
 
 
-def save_weights(path, arrays, metadata=None, before_replace=None):
-    """Write canonical arrays (validated, float32, contiguous) atomically to a safetensors file.
-
-    `before_replace`: as in `fileio.atomic_path`."""
+def save_weights(path, arrays, metadata=None):
+    """Write canonical arrays (validated, float32, contiguous) atomically to a safetensors file,
+    as the project's (`mnist_common.ownership`)."""
     check_weights(arrays, path)
     tensors = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in CANONICAL_SHAPES}
-    save_arrays(path, tensors, metadata, before_replace)
+    save_arrays(path, tensors, metadata)
 
 
-def save_arrays(path, arrays, metadata=None, before_replace=None):
-    """Write any dict of NumPy arrays atomically to a safetensors file."""
-    with atomic_path(path, before_replace) as tmp:
+def save_arrays(path, arrays, metadata=None):
+    """Write any dict of NumPy arrays atomically to a safetensors file, as the project's."""
+    with owned_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
                   metadata=metadata)
 

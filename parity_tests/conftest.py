@@ -1,15 +1,18 @@
 """Shared fixtures (identical starting weights for both frameworks) and the margin table.
 
-Every parity check records what it measured against its bound (`margins.record`); the session
+Every parity check records what it measured against its bound (`margins.check`); the session
 ends with that table, and `--parity-report DIR` also writes it with its figures.
 """
 
+import numpy as np
 import pytest
 from margins import RECORDS, refusal, text_table, write_report
-from parity_helpers import TORCH_CPU
+from parity_helpers import TORCH_CPU, train_batches
+from referee import mnist as referee_mnist
 
+from benchmarks import cpu_model
+from mnist_common import data
 from mnist_common.config import Config
-from mnist_common.reporting import cpu_model
 from torch_impl import backend as torch_backend
 
 
@@ -19,6 +22,17 @@ def canonical_weights():
     state = torch_backend.create_train_state(Config(seed=0), TORCH_CPU)
     params, _ = torch_backend.state_to_arrays(state)
     return params
+
+
+@pytest.fixture(scope="session")
+def referee_batch(mnist_root):
+    """Batch 0 of seed 0, epoch 0 at 64 images: the referee's (float64 pixels and labels, from
+    its own reading) and the pipeline's (what the frameworks train on)."""
+    images, labels = referee_mnist.load_split(mnist_root, train=True)
+    indices = referee_mnist.batch_indices(len(labels), 0, 0, 64)[0]
+    split = data.load_arrays(mnist_root, train=True)
+    shared = next(train_batches(split, seed=0, epoch=0, batch_size=64))
+    return referee_mnist.pixels(images[indices]), labels[indices].astype(np.int64), shared
 
 
 def _machine():

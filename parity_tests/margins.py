@@ -1,28 +1,37 @@
 """Every parity check's margin: what it measured, against which bound.
 
-A test calls `record(check, measured, bound)` before it asserts, so a failing check shows in the
-table too. `pytest parity_tests` ends with the table (conftest.py's terminal summary);
+A test calls `check(name, measured, limit)`, which records the check and then asserts it: the
+table's value is the asserted value by construction, and a failing check shows in the table too.
+`pytest parity_tests` ends with the table (conftest.py's terminal summary);
 `--parity-report DIR` also writes it as report.md and report.json, with the figures of
 `report_figures.py`. `series` keeps the arrays a figure needs (the 100-step weight gaps).
 """
 
 import json
 import math
+import os
 from pathlib import Path
 
-from mnist_common.fileio import foreign, holds_json_record, write_text_atomic
+from mnist_common.errors import short_path
+from mnist_common.ownership import unowned, write_owned
 
 REPORT_FILES = ("report.md", "report.json", "trajectory.png", "referee.png")
-_REPORT_KEYS = ("checks", "environment", "series")
-_STARTS = {".md": b"# Parity report", ".json": b"{", ".png": b"\x89PNG"}
 RECORDS = []  # one dict per recorded check, in the order the tests ran
 SERIES = {}  # figure data: name -> {label: list of floats}
 
 
-def record(check, measured, bound, *, floor=False, group="", **details):
-    """Note one check: `measured` must be <= `bound` (>= with `floor`); details go to the JSON."""
-    RECORDS.append({"check": check, "measured": float(measured), "bound": float(bound),
-                    "kind": ">=" if floor else "<=", "group": group, **details})
+KINDS = {"ceiling": "<=", "floor": ">="}
+
+
+def check(name, measured, limit, *, kind="ceiling", group="", **details):
+    """Record one check, then assert it: `measured` <= `limit` for a ceiling, >= for a floor.
+
+    The value asserted is the float the table shows; details go to the JSON."""
+    measured, limit = float(measured), float(limit)
+    RECORDS.append({"check": name, "measured": measured, "bound": limit, "kind": KINDS[kind],
+                    "group": group, **details})
+    held = measured <= limit if kind == "ceiling" else measured >= limit
+    assert held, f"{name}: {measured:.6g} is not {KINDS[kind]} {limit:.6g}"
 
 
 def series(name, label, values):
@@ -76,33 +85,38 @@ def text_table(entries=None):
             for row in rows]
 
 
+def _markdown_row(cells):
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def markdown_table(entries=None):
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-              for row in table(entries)]
-    return lines
+    lines = [_markdown_row(HEADER), "|" + "---|" * len(HEADER)]
+    return lines + [_markdown_row(row) for row in table(entries)]
 
 
-def _earlier_report(directory):
-    """Whether `directory` holds the report.json an earlier --parity-report wrote."""
-    return holds_json_record(Path(directory) / "report.json", _REPORT_KEYS)
+SHARE_HEADER = ("check", "measured share of the bound", "a 1 % error's share")
 
 
-def foreign_report_files(directory):
-    """The names in REPORT_FILES that are in `directory` but were not written by a report:
-    a report replaces its own files only (each beside an earlier report's report.json)."""
-    earlier = _earlier_report(directory)
-
-    def ours(path):
-        with open(path, "rb") as handle:
-            return earlier and handle.read(16).startswith(_STARTS[path.suffix])
-
-    return [name for name in REPORT_FILES if foreign(Path(directory) / name, ours)]
+def share_table(entries=None):
+    """The referee's checks with a 1 % error's share of the bound beside the measured share:
+    above 1, a 1 % error of that tensor fails the check."""
+    lines = [_markdown_row(SHARE_HEADER), "|" + "---|" * len(SHARE_HEADER)]
+    for entry in RECORDS if entries is None else entries:
+        if "one_percent_share" in entry:
+            lines.append(_markdown_row((entry["check"], _number(entry["measured"]),
+                                        _number(entry["one_percent_share"]))))
+    return lines if len(lines) > 2 else []
 
 
 def refusal(directory):
     """The one-line reason a report may not be written into `directory`, or None."""
-    strangers = foreign_report_files(directory)
+    path = Path(directory)
+    # The nearest thing that exists on the way down must be a folder to create or write into.
+    existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        where = "is" if existing == path else f"lies under {short_path(existing)}, which is"
+        return f"--parity-report {short_path(path)}: {where} not a directory"
+    strangers = unowned(directory, REPORT_FILES)
     if not strangers:
         return None
     return (f"--parity-report {directory}: {', '.join(strangers)} "
@@ -123,14 +137,23 @@ def write_report(directory, environment):
     out.mkdir(parents=True, exist_ok=True)
     entries = [{**e, "margin": margin(e),
                 "used": fraction(e) if math.isfinite(fraction(e)) else None} for e in RECORDS]
-    # report.json first: it is what marks the figures and report.md beside it as a report's.
-    write_text_atomic(out / "report.json", json.dumps(
+    write_owned(out / "report.json", json.dumps(
         {"environment": environment, "checks": entries, "series": SERIES}, indent=1) + "\n")
     figures = draw_all(out, RECORDS, SERIES)
     failed = sum(margin(e) < 0 for e in RECORDS)
     lines = ["# Parity report", "", f"{len(RECORDS)} checks, {failed} outside their bound. "
              "`used` is measured / bound (bound / measured for a floor): 1 is the edge.", "",
              "Machine: " + environment, "", *markdown_table(), ""]
+    shares = share_table()
+    if shares:
+        lines += ["## Referee checks: what they measured and what a 1 % error would be", "",
+                  "Each share is |framework - referee| / bound at the worst element; a 1 % "
+                  "error's share is 0.01 |referee| / bound where that is largest (over several "
+                  "tensors, the smallest of theirs). The layer-alone rows (its own rounding) "
+                  "and the Adam rows must reject a 1 % error and assert it; the whole-pass rows "
+                  "of layers and gradients (float32 bound) carry every earlier layer's rounding "
+                  "and are shown as they are.", "",
+                  *shares, ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_owned(out / "report.md", "\n".join(lines) + "\n")
     return [out / "report.md", out / "report.json", *figures]

@@ -114,7 +114,21 @@ def predictions(framework, weights, test_split):
         model = torch_state(weights).model.eval()
         with torch.no_grad():
             return np.concatenate([model(torch.from_numpy(x)).argmax(1).numpy()
-                                   for x, _ in loaders.eval_batches(test_split)])
+                                   for x, _ in eval_batches(test_split)])
     state = flax_state(weights)
     return np.concatenate([flax_backend.logits(state, to_numpy_batch(x, y)).argmax(1)
-                           for x, y in loaders.eval_batches(test_split)])
+                           for x, y in eval_batches(test_split)])
+
+
+def train_batches(split, *, seed, epoch, batch_size, loader="memory", root=None, start_step=0):
+    """Host batches (images (B, 1, 28, 28) float32, labels (B,) int64) of one epoch, in the
+    training loop's order."""
+    index_lists = loaders.train_index_batches(len(split[1]), seed=seed, epoch=epoch,
+                                              batch_size=batch_size, start_step=start_step)
+    return loaders.batches_of(split, index_lists, train=True, loader=loader, root=root)
+
+
+def eval_batches(split, *, loader="memory", root=None, batch_size=loaders.EVAL_BATCH_SIZE):
+    """Every test image once, in file order, in the format of `train_batches`."""
+    index_lists = loaders.eval_index_batches(len(split[1]), batch_size)
+    return loaders.batches_of(split, index_lists, train=False, loader=loader, root=root)

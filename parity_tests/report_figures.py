@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mnist_common.fileio import atomic_path
+from mnist_common.ownership import owned_path
 from mnist_common.plotting import pyplot
 
 plt = pyplot()
@@ -10,7 +10,7 @@ plt = pyplot()
 
 def save(fig, path):
     """The figure as a PNG at `path`, written whole or not at all."""
-    with atomic_path(path) as tmp:
+    with owned_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 

@@ -17,7 +17,7 @@ import time
 
 from mnist_common.config import positive_int
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
-from mnist_common.fileio import check_out_file, holds_json_record, write_text_atomic
+from mnist_common.ownership import check_out_file, write_owned
 
 PROG = "python -m parity_tests.seed_study"
 FRAMEWORKS = ("torch", "flax")
@@ -47,11 +47,12 @@ def run_seed(backend, placement, base, seed, steps, splits):
     """Test accuracy after `steps` steps from the framework's own seed-`seed` weights."""
     from mnist_common import loaders
     from mnist_common.config import Config
+    from parity_tests.parity_helpers import train_batches
 
     own = backend.state_to_arrays(backend.create_train_state(Config(seed=seed), placement))[0]
     state = backend.state_from_arrays(base, own, {})  # the same module: no recompilation
     train, test = splits
-    order = loaders.train_batches(train, seed=seed, epoch=0, batch_size=256)
+    order = train_batches(train, seed=seed, epoch=0, batch_size=256)
     batches = [backend.place_batch(placement, x, y) for x, y in itertools.islice(order, steps)]
     state, _ = backend.train_steps(state, batches)
     test_batches = loaders.EngineBatches(backend, placement, test, train=False)
@@ -107,11 +108,6 @@ RECORD_KEYS = ("seeds", "steps", "batch_size", "accuracy", "paired_mean", "paire
                "paired_95", "seconds")
 
 
-def is_study_record(path):
-    """Whether `path` holds the JSON an earlier `--out` of this study wrote (and nothing else)."""
-    return holds_json_record(path, RECORD_KEYS)
-
-
 def main(argv=None):
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=positive_int, default=20, metavar="N",
@@ -127,15 +123,15 @@ def main(argv=None):
     if args.seeds < 2:
         raise UsageError("--seeds must be at least 2 for a standard deviation")
     if args.out:  # before the study: its minutes must not end in a refusal
-        check_out_file(args.out, "--out", is_study_record, "an earlier seed study's output")
+        check_out_file(args.out, "--out", "an earlier seed study's output")
     start = time.perf_counter()
     results = study(args.seeds, args.steps, args.progress and sys.stderr.isatty())
     lines, record = report(results, args.steps, time.perf_counter() - start)
     print("\n".join(lines))
     if args.out:
-        check_out_file(args.out, "--out", is_study_record, "an earlier seed study's output")
+        check_out_file(args.out, "--out", "an earlier seed study's output")
         try:
-            write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
+            write_owned(args.out, json.dumps(record, indent=1) + "\n")
         except OSError as err:
             raise UsageError(f"--out {args.out}: cannot write it ({err.strerror})") from None
 

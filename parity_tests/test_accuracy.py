@@ -18,7 +18,7 @@ two counts can only be looser than one from either.
 
 import pytest
 import torch
-from margins import record
+from margins import check
 from parity_helpers import FLAX_CPU, TORCH_CPU, flax_state, predictions, torch_state
 
 from flax_impl import backend as flax_backend
@@ -80,11 +80,11 @@ def test_one_epoch_gives_the_same_accuracy(trained):
     for metrics in (torch_metrics, flax_metrics):
         assert metrics["test_examples"] == 10_000
         assert metrics["steps"] == 235  # ceil(60,000 / 256): the partial batch is used
-        record(f"accuracy: {metrics['framework']} after one epoch", metrics["test_accuracy"],
-               MIN_ACCURACY, floor=True, group="accuracy")
+        check(f"accuracy: {metrics['framework']} after one epoch", metrics["test_accuracy"],
+              MIN_ACCURACY, kind="floor", group="accuracy")
         assert metrics["test_accuracy"] >= MIN_ACCURACY, metrics["framework"]
     gap = abs(torch_metrics["test_accuracy"] - flax_metrics["test_accuracy"])
-    record("accuracy: |torch - Flax| after one epoch", gap, MAX_GAP, group="accuracy")
+    check("accuracy: |torch - Flax| after one epoch", gap, MAX_GAP, group="accuracy")
     assert gap <= MAX_GAP, (torch_metrics["test_accuracy"], flax_metrics["test_accuracy"])
 
 
@@ -99,7 +99,7 @@ def test_one_epoch_gives_the_same_predictions_up_to_torchs_own_spread(trained, m
     assert min(noise.values()) > 0, noise  # each variation really trained differently
     bound = NOISE_FACTOR * max(noise.values())
     disagree = int((classes["flax"] != classes["torch"]).sum())
-    record(f"accuracy: test images Flax and torch classify differently after one epoch (bound "
-           f"{NOISE_FACTOR}x torch-vs-torch {max(noise.values())})", disagree, bound,
-           group="accuracy", torch_variations=noise)
+    check(f"accuracy: test images Flax and torch classify differently after one epoch (bound "
+          f"{NOISE_FACTOR}x torch-vs-torch {max(noise.values())})", disagree, bound,
+          group="accuracy", torch_variations=noise)
     assert disagree <= bound, (disagree, noise)

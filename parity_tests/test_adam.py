@@ -7,7 +7,7 @@ difference is the optimiser's: its formula, its hyper-parameters, its state.
 import numpy as np
 import pytest
 import torch
-from margins import record
+from margins import check
 from parity_helpers import (
     FLAX_CPU,
     GRADIENT_SCALES,
@@ -58,9 +58,9 @@ def test_shipped_optimizers_agree_over_six_steps(canonical_weights):
         if step == len(GRADIENT_SCALES):
             params = (torch_backend.state_to_arrays(tstate)[0],
                       flax_backend.state_to_arrays(fstate)[0])
-            record("Adam: the engines' optimizers after 6 steps, max |w_Flax - w_torch|",
-                   max(np.abs(params[1][k] - params[0][k]).max() for k in CANONICAL_SHAPES),
-                   ADAM_STEP_ATOL, group="adam")
+            check("Adam: the engines' optimizers after 6 steps, max |w_Flax - w_torch|",
+                  max(np.abs(params[1][k] - params[0][k]).max() for k in CANONICAL_SHAPES),
+                  ADAM_STEP_ATOL, group="adam")
         assert_same_adam(torch_backend.state_to_arrays(tstate),
                          flax_backend.state_to_arrays(fstate), step)
     moved = max(np.abs(torch_backend.state_to_arrays(tstate)[0][k] - canonical_weights[k]).max()

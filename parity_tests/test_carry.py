@@ -11,7 +11,7 @@ trip) shows here.
 
 import numpy as np
 import pytest
-from margins import record
+from margins import check
 
 from flax_impl import train as flax_train
 from mnist_common import data
@@ -60,6 +60,6 @@ def test_a_run_continues_in_the_other_framework(first, small_mnist, tmp_path_fac
     assert crossed["step_losses"][:FIRST_STEPS] == started["step_losses"]
     gap = np.abs(np.array(crossed["step_losses"][FIRST_STEPS:]) -
                  np.array(same["step_losses"][FIRST_STEPS:]))
-    record(f"carried run: {first} checkpoint continued in {other} vs in {first}, first "
-           f"{LOSS_STEPS} losses", gap.max(), LOSS_ATOL, group="carry")
+    check(f"carried run: {first} checkpoint continued in {other} vs in {first}, first "
+          f"{LOSS_STEPS} losses", gap.max(), LOSS_ATOL, group="carry")
     assert gap.max() <= LOSS_ATOL, gap

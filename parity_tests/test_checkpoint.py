@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from margins import record
+from margins import check
 from parity_helpers import (
     FLAX_CPU,
     flax_state,
@@ -73,10 +73,10 @@ def test_round_trip_through_files_is_bit_identical(tmp_path, canonical_weights, 
     files_b = save_state(tmp_path, second, backend_b, other)
     back = load_state(backend_a, state_a(canonical_weights), files_b)
     final_params, final_optimizer = backend_a.state_to_arrays(back)
-    record(f"checkpoint: {first} -> {second} -> {first} through files, arrays that changed",
-           sum(not np.array_equal(final_params[k], params[k]) for k in params) +
-           sum(not np.array_equal(final_optimizer[k], optimizer[k]) for k in optimizer), 0,
-           group="checkpoint")
+    check(f"checkpoint: {first} -> {second} -> {first} through files, arrays that changed",
+          sum(not np.array_equal(final_params[k], params[k]) for k in params) +
+          sum(not np.array_equal(final_optimizer[k], optimizer[k]) for k in optimizer), 0,
+          group="checkpoint")
     assert_bit_identical(final_params, params)
     assert_bit_identical(final_optimizer, optimizer)
 
@@ -96,9 +96,9 @@ def test_flax_weights_compute_the_same_function_in_torch():
     images, labels = random_batch(5, batch_size=64)
     flax_logits = flax_backend.logits(state, flax_backend.place_batch(FLAX_CPU, images, labels))
     canonical = convert.params_to_canonical(jax.device_get(state.params))
-    record("checkpoint: Flax weights in torch's module, logits max |torch - Flax|",
-           np.abs(torch_logits_of(canonical, images) - flax_logits).max(), LOGIT_ATOL,
-           group="checkpoint")
+    check("checkpoint: Flax weights in torch's module, logits max |torch - Flax|",
+          np.abs(torch_logits_of(canonical, images) - flax_logits).max(), LOGIT_ATOL,
+          group="checkpoint")
     np.testing.assert_allclose(torch_logits_of(canonical, images), flax_logits, rtol=0,
                                atol=LOGIT_ATOL)
 

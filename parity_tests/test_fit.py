@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from margins import record
+from margins import check
 from parity_helpers import FLAX_CPU, TORCH_CPU, flax_state, torch_state
 
 from flax_impl import backend as flax_backend
@@ -100,16 +100,16 @@ def test_fit_gives_both_the_same_batches_and_losses(tmp_path, canonical_weights,
     steps = EPOCHS * 5
     evaluations = EPOCHS * 1  # 200 test images: one evaluation batch per epoch end
     assert len(torch_batches) == len(flax_batches) == steps + evaluations
-    record("fit: batches Flax received that differ from torch's",
-           sum(a != b for a, b in zip(flax_batches, torch_batches, strict=True)), 0, group="fit")
+    check("fit: batches Flax received that differ from torch's",
+          sum(a != b for a, b in zip(flax_batches, torch_batches, strict=True)), 0, group="fit")
     assert flax_batches == torch_batches
     assert torch_metrics["steps"] == flax_metrics["steps"] == steps
     torch_losses = np.array(torch_metrics["step_losses"])
     flax_losses = np.array(flax_metrics["step_losses"])
     assert len(torch_losses) == len(flax_losses) == steps
-    record(f"fit: first {LOSS_STEPS} losses, max |Flax - torch|",
-           np.abs(flax_losses[:LOSS_STEPS] - torch_losses[:LOSS_STEPS]).max(), LOSS_ATOL,
-           group="fit")
+    check(f"fit: first {LOSS_STEPS} losses, max |Flax - torch|",
+          np.abs(flax_losses[:LOSS_STEPS] - torch_losses[:LOSS_STEPS]).max(), LOSS_ATOL,
+          group="fit")
     np.testing.assert_allclose(flax_losses[:LOSS_STEPS], torch_losses[:LOSS_STEPS], rtol=0,
                                atol=LOSS_ATOL)
 

@@ -13,7 +13,7 @@ initialisers (LeCun normal kernels, zero biases) give p-values of 0 to double pr
 import jax
 import numpy as np
 import pytest
-from margins import record
+from margins import check
 from parity_helpers import FLAX_CPU, TORCH_CPU
 
 from flax_impl import backend as flax_backend
@@ -73,10 +73,10 @@ def test_flax_draws_have_torchs_distribution_in_every_layer(torch_draws, flax_dr
     for key in CANONICAL_SHAPES:
         ours, theirs = flax_draws[key], torch_draws[key]
         p = ks_p_value(ks_statistic(ours, theirs), ours.size, theirs.size)
-        record(f"init: Flax vs torch, {key}, KS p-value over {DRAWS} seeds", p, P_MIN,
-               floor=True, group="init")
+        check(f"init: Flax vs torch, {key}, KS p-value over {DRAWS} seeds", p, P_MIN,
+              kind="floor", group="init")
         reach = np.abs(ours).max() / bound_of(key)
-        record(f"init: Flax {key}, max |w| / (1 / sqrt(fan_in))", reach, 1.0, group="init")
+        check(f"init: Flax {key}, max |w| / (1 / sqrt(fan_in))", reach, 1.0, group="init")
         if p < P_MIN or reach > 1:
             failed.append(key)
         assert len({a.tobytes() for a in ours}) == DRAWS, key  # each seed its own draw

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from margins import record
-from parity_helpers import FLAX_CPU, TORCH_CPU
+from margins import check
+from parity_helpers import FLAX_CPU, TORCH_CPU, train_batches
 
 from flax_impl import backend as flax_backend
 from mnist_common import data, loaders
@@ -19,7 +19,7 @@ def train_split(mnist_root):
 
 
 def first_batches(train_split, mnist_root, loader, count=3, seed=0, epoch=0, start_step=0):
-    batches = loaders.train_batches(train_split, seed=seed, epoch=epoch, batch_size=256,
+    batches = train_batches(train_split, seed=seed, epoch=epoch, batch_size=256,
                                     loader=loader, root=mnist_root, start_step=start_step)
     return list(itertools.islice(batches, count))
 
@@ -27,9 +27,9 @@ def first_batches(train_split, mnist_root, loader, count=3, seed=0, epoch=0, sta
 def test_memory_and_dataloader_paths_give_identical_batches(train_split, mnist_root):
     memory = first_batches(train_split, mnist_root, "memory")
     faithful = first_batches(train_split, mnist_root, "dataloader")
-    record("loaders: memory vs DataLoader path, of 3 batches differing",
-           sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
-               for a, b in zip(memory, faithful, strict=True)), 0, group="data")
+    check("loaders: memory vs DataLoader path, of 3 batches differing",
+          sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+              for a, b in zip(memory, faithful, strict=True)), 0, group="data")
     for (x_mem, y_mem), (x_dl, y_dl) in zip(memory, faithful, strict=True):
         assert isinstance(x_mem, np.ndarray) and isinstance(x_dl, np.ndarray)  # host: NumPy
         assert x_mem.dtype == x_dl.dtype == np.float32

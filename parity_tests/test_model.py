@@ -2,7 +2,7 @@
 
 import jax
 import numpy as np
-from margins import record
+from margins import check
 from parity_helpers import flax_state, random_batch, to_numpy_batch, torch_state
 
 from flax_impl import convert
@@ -46,8 +46,8 @@ def test_per_layer_activations_match(canonical_weights):
         flax_out = np.asarray(inter[flax_name]["__call__"][0])  # NHWC
         torch_out = torch_acts[torch_name].transpose(0, 2, 3, 1)  # NCHW -> NHWC
         assert flax_out.shape == torch_out.shape
-        record(f"model: conv {torch_name} output, max |Flax - torch|",
-               np.abs(flax_out - torch_out).max(), LOGIT_ATOL, group="model")
+        check(f"model: conv {torch_name} output, max |Flax - torch|",
+              np.abs(flax_out - torch_out).max(), LOGIT_ATOL, group="model")
         np.testing.assert_allclose(flax_out, torch_out, rtol=0, atol=LOGIT_ATOL)
     assert torch_acts["0"].shape == (8, 16, 24, 24)
     assert torch_acts["4"].shape == (8, 32, 10, 10)
@@ -62,8 +62,8 @@ def test_logits_match_on_identical_weights(canonical_weights):
     x, _ = to_numpy_batch(images, labels)
     flax_logits = np.asarray(state.apply_fn({"params": state.params}, x))
     assert flax_logits.shape == torch_logits.shape == (64, 10)
-    record("model: logits, max |Flax - torch|", np.abs(flax_logits - torch_logits).max(),
-           LOGIT_ATOL, group="model")
+    check("model: logits, max |Flax - torch|", np.abs(flax_logits - torch_logits).max(),
+          LOGIT_ATOL, group="model")
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=0, atol=LOGIT_ATOL)
 
 
@@ -74,8 +74,8 @@ def test_partial_batch_works_in_both(canonical_weights):
     state = flax_state(canonical_weights)
     flax_logits = np.asarray(state.apply_fn({"params": state.params},
                                             to_numpy_batch(images, labels)[0]))
-    record("model: logits of a 3-image batch, max |Flax - torch|",
-           np.abs(flax_logits - torch_logits).max(), LOGIT_ATOL, group="model")
+    check("model: logits of a 3-image batch, max |Flax - torch|",
+          np.abs(flax_logits - torch_logits).max(), LOGIT_ATOL, group="model")
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=0, atol=LOGIT_ATOL)
 
 

@@ -6,83 +6,44 @@ implementation from it, element by element (the derivation is in its docstring; 
 fitted). Each check records the largest |framework - referee| / bound over a tensor: 1 is the
 edge. The batch comes from the shared pipeline (the frameworks' side) and from the referee's own
 reading of the IDX files (the referee's side); `test_referee_data.py` holds the two together.
+These bounds carry every earlier layer's rounding, so on the first layers they are far wider than
+the values; `test_referee_layers.py` holds each layer alone to its own rounding, tight enough to
+reject a 1 % error.
 """
 
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import torch
-from margins import record
+from layer_capture import TORCH_MODULES
 from parity_helpers import (
     GRADIENT_SCALES,
-    flax_apply,
     flax_loss_and_grads,
     flax_state,
     seeded_gradients,
     to_numpy_batch,
-    torch_apply,
     torch_loss_and_grads,
     torch_state,
 )
 from referee import adam, bounds, network
-from referee import mnist as referee_mnist
+from referee_checks import apply_gradients, assert_adam_held, held
 
-from flax_impl import backend as flax_backend
 from flax_impl import convert
-from mnist_common import data, loaders
 from mnist_common.weights import CANONICAL_SHAPES
-from torch_impl import backend as torch_backend
 
-BATCH_SIZE = 64
 FRAMEWORKS = ("torch", "flax")
 # The intermediates both frameworks expose: each convolution's and each linear layer's output.
 LAYERS = {"z1": "conv 1->16", "z2": "conv 16->32", "z3": "conv 32->64", "z4": "fc 576->100",
           "z5": "logits"}
-TORCH_MODULES = {"z1": "layer.0", "z2": "layer.2", "z3": "layer.5", "z4": "fc_layer.0",
-                 "z5": "fc_layer.2"}
-
-
-def ratio_to_bound(actual, expected, bound):
-    """(largest |actual - expected| / bound, the error and the bound there); a zero bound
-    demands an exact match."""
-    error = np.abs(np.asarray(actual, np.float64) - expected)
-    bound = np.asarray(bound, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(bound > 0, error / bound, np.where(error > 0, np.inf, 0.0))
-    worst = np.unravel_index(np.argmax(ratio), ratio.shape) if ratio.ndim else ()
-    return float(ratio[worst]), float(error[worst]), float(bound[worst])
-
-
-def held(framework, what, pairs, recorded=True):
-    """Assert, over (actual, expected, bound) `pairs`, |actual - expected| <= bound; record the
-    largest ratio unless told not to."""
-    ratio, error, bound = max(ratio_to_bound(*pair) for pair in pairs)
-    if recorded:
-        record(f"referee: {framework} {what} (|error| / float32 bound)", ratio, 1.0,
-               group="referee", framework=framework, layer=what, error_at_worst=error,
-               bound_at_worst=bound)
-    assert ratio <= 1, f"{framework} {what}: error {error:.3g} > its float32 bound {bound:.3g}"
 
 
 @pytest.fixture(scope="module")
-def batch(mnist_root):
-    """Batch 0 of seed 0, epoch 0: the referee's (float64, from its own reading) and the
-    pipeline's (what the frameworks train on)."""
-    images, labels = referee_mnist.load_split(mnist_root, train=True)
-    indices = referee_mnist.batch_indices(len(labels), 0, 0, BATCH_SIZE)[0]
-    split = data.load_arrays(mnist_root, train=True)
-    shared = next(loaders.train_batches(split, seed=0, epoch=0, batch_size=BATCH_SIZE))
-    return referee_mnist.pixels(images[indices]), labels[indices].astype(np.int64), shared
-
-
-@pytest.fixture(scope="module")
-def exact(batch, canonical_weights):
+def exact(referee_batch, canonical_weights):
     """The referee's intermediates, loss and gradients, with their float32 bounds."""
-    x, labels, _ = batch
+    x, labels, _ = referee_batch
     acts = network.forward(canonical_weights, x)
     err = bounds.forward_bounds(canonical_weights, acts)
     grads, d = network.backward(canonical_weights, acts, labels)
@@ -124,9 +85,9 @@ def test_the_referee_imports_neither_framework():
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_every_layer_is_within_float32_of_the_referee(framework, batch, exact,
+def test_every_layer_is_within_float32_of_the_referee(framework, referee_batch, exact,
                                                       canonical_weights):
-    _, _, (images, labels) = batch
+    _, _, (images, labels) = referee_batch
     if framework == "torch":
         out = torch_intermediates(canonical_weights, images)
     else:
@@ -136,39 +97,13 @@ def test_every_layer_is_within_float32_of_the_referee(framework, batch, exact,
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_loss_and_every_gradient_are_within_float32_of_the_referee(framework, batch, exact,
+def test_loss_and_every_gradient_are_within_float32_of_the_referee(framework, referee_batch, exact,
                                                                    canonical_weights):
     loss_and_grads = torch_loss_and_grads if framework == "torch" else flax_loss_and_grads
-    loss, grads = loss_and_grads(canonical_weights, batch[2])
+    loss, grads = loss_and_grads(canonical_weights, referee_batch[2])
     held(framework, "loss", [(loss, exact["loss"], exact["loss_err"])])
     for key in CANONICAL_SHAPES:
         held(framework, f"d {key}", [(grads[key], exact["grads"][key], exact["grad_err"][key])])
-
-
-def apply_gradients(framework, weights, gradient_steps):
-    """The framework's own optimizer (the engine's) fed each step's canonical float32 gradients;
-    its canonical (weights, Adam state) after every step."""
-    state = (torch_state if framework == "torch" else flax_state)(weights)
-    backend = torch_backend if framework == "torch" else flax_backend
-    for grads in gradient_steps:
-        if framework == "torch":
-            state = torch_apply(state, grads)
-        else:
-            state = flax_apply(state, convert.canonical_to_params(grads))
-        yield jax.device_get(backend.state_to_arrays(state))
-
-
-def assert_adam_held(framework, referee_state, arrays, label, quiet=False):
-    """Weights and both moments of every layer within their bounds; the step count exact."""
-    params, optimizer = arrays
-    assert optimizer["step"][0] == referee_state.step, f"{framework}: step count"
-    state = referee_state  # short, for the line below
-    held(framework, f"{label}: weights", [
-        (params[k], state.params[k], state.err_params[k]) for k in CANONICAL_SHAPES], not quiet)
-    for moment, ours, err in (("exp_avg", referee_state.m, referee_state.err_m),
-                              ("exp_avg_sq", referee_state.v, referee_state.err_v)):
-        held(framework, f"{label}: {moment}", [
-            (optimizer[f"{moment}.{k}"], ours[k], err[k]) for k in CANONICAL_SHAPES], not quiet)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -9,7 +9,8 @@ import itertools
 
 import numpy as np
 import pytest
-from margins import record
+from margins import check
+from parity_helpers import eval_batches, train_batches
 from referee import mnist as referee_mnist
 from referee.bounds import U
 
@@ -41,8 +42,8 @@ def test_both_readings_of_the_files_agree(splits):
         assert images.shape == (60_000 if train else 10_000, 28, 28)
         assert list(labels[:10]) == FIRST_LABELS[train]
         mismatches = int((images != shared_images).sum() + (labels != shared_labels).sum())
-        record(f"data: {'train' if train else 'test'} split, values differing from the "
-               f"referee's IDX reading", mismatches, 0, group="data")
+        check(f"data: {'train' if train else 'test'} split, values differing from the "
+              f"referee's IDX reading", mismatches, 0, group="data")
         assert mismatches == 0
 
 
@@ -52,7 +53,7 @@ def test_training_batches_are_the_referees(splits):
     for seed, epoch, index in PROBES:
         ours = referee_mnist.batch_indices(len(labels), seed, epoch, BATCH_SIZE)
         assert len(ours) == 235 and len(ours[-1]) == 96  # every image, the last batch partial
-        batches = loaders.train_batches(shared, seed=seed, epoch=epoch, batch_size=BATCH_SIZE,
+        batches = train_batches(shared, seed=seed, epoch=epoch, batch_size=BATCH_SIZE,
                                         start_step=index)
         probed = list(itertools.islice(batches, 1))
         assert probed, f"no batch {index} in epoch {epoch} (the referee's has {len(ours)})"
@@ -61,20 +62,20 @@ def test_training_batches_are_the_referees(splits):
         mismatches += int((np.asarray(y) != labels[ours[index]]).sum())
         worst = max(worst, pixel_ratio(x, images[ours[index]]))
     steps = loaders.steps_per_epoch(len(labels), BATCH_SIZE)
-    record("data: batches per epoch, pipeline vs referee (235)", abs(steps - 235), 0,
-           group="data")
-    record("data: labels of 5 probed batches differing from the referee's", mismatches, 0,
-           group="data")
-    record("data: pixels, |pipeline - k/255| / (u k/255)", worst, 1.0, group="data")
+    check("data: batches per epoch, pipeline vs referee (235)", abs(steps - 235), 0,
+          group="data")
+    check("data: labels of 5 probed batches differing from the referee's", mismatches, 0,
+          group="data")
+    check("data: pixels, |pipeline - k/255| / (u k/255)", worst, 1.0, group="data")
     assert steps == 235 and mismatches == 0 and worst <= 1
 
 
 def test_evaluation_batches_are_every_test_image_in_file_order(splits):
     (images, labels), shared = splits[False]
-    seen = list(loaders.eval_batches(shared))
+    seen = list(eval_batches(shared))
     x = np.concatenate([np.asarray(b[0]) for b in seen])
     y = np.concatenate([np.asarray(b[1]) for b in seen])
-    record("data: test images the evaluation batches miss or reorder", int(
-        (y != labels).sum()) + abs(len(y) - 10_000), 0, group="data")
+    check("data: test images the evaluation batches miss or reorder", int(
+       (y != labels).sum()) + abs(len(y) - 10_000), 0, group="data")
     assert len(y) == 10_000 and (y == labels).all()
     assert pixel_ratio(x, images) <= 1

@@ -6,7 +6,7 @@ The optimiser alone: test_adam.py; 100 steps: test_trajectory.py; the whole loop
 import numpy as np
 import pytest
 import torch
-from margins import record
+from margins import check
 from parity_helpers import (
     flax_loss_and_grads,
     flax_state,
@@ -35,8 +35,8 @@ def assert_close_relative(actual, expected, rtol, recorded=False):
         scale = np.abs(expected[key]).max()
         error = np.abs(actual[key] - expected[key]).max()
         if recorded:
-            record(f"training: d {key}, max |Flax - torch| / max |torch|", error / scale, rtol,
-                   group="training")
+            check(f"training: d {key}, max |Flax - torch| / max |torch|", error / scale, rtol,
+                  group="training")
         assert error <= rtol * scale, f"{key}: max error {error:.3g} > {rtol} x {scale:.3g}"
 
 
@@ -44,8 +44,8 @@ def test_loss_and_gradients_match(canonical_weights):
     batch = random_batch(3, batch_size=64)
     torch_loss, torch_grads = torch_loss_and_grads(canonical_weights, batch)
     flax_loss, flax_grads = flax_loss_and_grads(canonical_weights, batch)
-    record("training: loss, |Flax - torch| / torch", abs(flax_loss - torch_loss) / torch_loss,
-           GRAD_RTOL, group="training")
+    check("training: loss, |Flax - torch| / torch", abs(flax_loss - torch_loss) / torch_loss,
+          GRAD_RTOL, group="training")
     assert abs(flax_loss - torch_loss) <= GRAD_RTOL * abs(torch_loss)
     assert_close_relative(flax_grads, torch_grads, GRAD_RTOL, recorded=True)
 
@@ -92,9 +92,9 @@ def test_one_adam_step_matches(canonical_weights):
         grads=convert.canonical_to_params(grads))
     torch_params, torch_opt = torch_backend.state_to_arrays(tstate)
     flax_params, flax_opt = flax_backend.state_to_arrays(fstate)
-    record("training: one Adam step on the same gradients, max |w_Flax - w_torch|",
-           max(np.abs(flax_params[k] - torch_params[k]).max() for k in CANONICAL_SHAPES),
-           ADAM_STEP_ATOL, group="training")
+    check("training: one Adam step on the same gradients, max |w_Flax - w_torch|",
+          max(np.abs(flax_params[k] - torch_params[k]).max() for k in CANONICAL_SHAPES),
+          ADAM_STEP_ATOL, group="training")
     for key in CANONICAL_SHAPES:
         moved = np.abs(torch_params[key] - canonical_weights[key]).max()
         assert moved > 1e-4, f"{key} did not move"  # the step happened
@@ -170,8 +170,8 @@ def test_one_train_step_matches_where_gradients_are_not_tiny(canonical_weights):
     for key in CANONICAL_SHAPES:
         clear = np.abs(grads[key]) > 1e-3 * np.abs(grads[key]).max()
         gaps.append(np.abs(flax_params[key][clear] - torch_params[key][clear]).max())
-    record("training: each engine's own train step, max |w_Flax - w_torch| (clear gradients)",
-           max(gaps), ADAM_STEP_ATOL, group="training")
+    check("training: each engine's own train step, max |w_Flax - w_torch| (clear gradients)",
+          max(gaps), ADAM_STEP_ATOL, group="training")
     for key in CANONICAL_SHAPES:
         clear = np.abs(grads[key]) > 1e-3 * np.abs(grads[key]).max()
         assert clear.mean() > 0.3, key  # dead ReLU units give whole rows of zero gradient

@@ -8,6 +8,8 @@ runs three experiments, each writer a forked child that this process SIGKILLs:
       mkdir, rename, chmod, remove, rmtree, listdir, ...; seen through an audit hook), where it
       is killed. Stops at the first n the save outlives.
   first: the same with no earlier checkpoint (BASE/first/kill-NNN).
+  beside: the same as previous, with a user's file (USER_FILE) in the step-1 checkpoint's
+      directory, beside its files (BASE/beside/kill-NNN).
   random: COUNT times, in BASE/random/random-NN (holding a step-1 checkpoint), a child saves
       steps 2, 3, ... in a loop and is killed after a pseudo-random delay (from SEED), which can
       land in the middle of writing a file.
@@ -27,6 +29,7 @@ from mnist_common.checkpoints import save_checkpoint
 from mnist_common.weights import CANONICAL_SHAPES
 
 FS_EVENTS = ("open", "os.", "shutil.")
+USER_FILE = ("step-0000001", "notes.txt", "my notes on step 1\n")  # (directory, name, text)
 
 
 def arrays(step):
@@ -62,13 +65,21 @@ def _block_at(n, ready_fd):
     sys.addaudithook(hook)
 
 
-def enumerate_kills(base, previous):
+def put_user_file(out_dir):
+    """The user's file, in the step-1 checkpoint's directory beside its files."""
+    directory, name, text = USER_FILE
+    (out_dir / "checkpoints" / directory / name).write_text(text)
+
+
+def enumerate_kills(base, previous, beside=False):
     killed, completed_at = [], None
     for n in range(1, 500):
         out_dir = base / f"kill-{n:03d}"
         out_dir.mkdir(parents=True)
         if previous:
             save(out_dir, 1)
+        if beside:
+            put_user_file(out_dir)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the writer
@@ -122,6 +133,7 @@ def main(argv):
     base, seed, count = Path(argv[0]), int(argv[1]), int(argv[2])
     summary = {"previous": enumerate_kills(base / "previous", previous=True),
                "first": enumerate_kills(base / "first", previous=False),
+               "beside": enumerate_kills(base / "beside", previous=True, beside=True),
                "random": random_kills(base / "random", seed, count)}
     print(json.dumps(summary))
 

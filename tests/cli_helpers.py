@@ -4,7 +4,7 @@ lines; the outputs of a finished run.
 The one subprocess runner is `start_python` (`run_python` waits for it): the real commands run
 from the repository root, with it on PYTHONPATH. In-process runs call a CLI's `main` through
 `run_cli`, which is all a CLI adds, where a subprocess would only add interpreter start-up.
-Messages name a CLI by `mnist_common.config.program`. (Not in conftest.py: parity_tests/ has a
+Messages name a CLI by `mnist_common.config.cli_name`. (Not in conftest.py: parity_tests/ has a
 conftest module of its own, so `from conftest import ...` would be ambiguous.)
 """
 
@@ -94,7 +94,7 @@ def run_cli_subprocess(module, *args, env=None, timeout=300):
 
 # Runs `python -m MODULE ARGS` with the engine's train_steps wrapped: once STEP steps are done
 # it writes the step count to READY, then waits (up to 2 minutes) until the run's stop handler
-# has taken a signal, which it sees by the handler being swapped back (mnist_common.stopping).
+# has taken a signal, which it sees by the handler being swapped back (mnist_common.rundir).
 _PAUSED_AT_STEP = """
 import importlib, runpy, signal, sys, time
 ready, step, module = sys.argv[1], int(sys.argv[2]), sys.argv[3]

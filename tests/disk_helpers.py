@@ -10,15 +10,16 @@ from mnist_common.data import LOCK_NAME as DATA_LOCK
 from mnist_common.ownership import RECORD_NAME
 from mnist_common.rundir import LOCK_NAME as RUN_LOCK
 
-KEPT = (RUN_LOCK, RECORD_NAME, DATA_LOCK)  # hidden files the project keeps, at the top only
+KEPT = (RUN_LOCK, RECORD_NAME, DATA_LOCK)  # hidden files the project keeps at the top
 
 
 def litter(directory, expected=None):
     """What writes left behind under `directory` (relative paths, sorted): every hidden path,
     which covers the temp files of atomic writes (`.NAME.*.tmp`), temp checkpoint dirs
     (`.step-*.tmp-*`), write probes (`.write-test-*`) and fetch dirs (`.fetch-*`), except a
-    lock file or run record at the top; and when `expected` (relative paths) is given, every
-    path not in it, hidden or not."""
+    lock file or run record at the top, and the ownership record of any folder the project
+    wrote into (`mnist_common.ownership`); and when `expected` (relative paths) is given,
+    every path not in it, hidden or not."""
     directory = Path(directory)
     found = []
     for path in directory.rglob("*"):
@@ -26,7 +27,7 @@ def litter(directory, expected=None):
         if expected is not None:
             if relative not in expected:
                 found.append(relative)
-        elif path.name.startswith(".") and relative not in KEPT:
+        elif path.name.startswith(".") and relative not in KEPT and path.name != RECORD_NAME:
             found.append(relative)
     return sorted(found)
 

@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 from training_helpers import train_cli
 from weight_helpers import random_weights
 
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 from mnist_common.data import MNIST_FILES, PROG, raw_dir
 from mnist_common.data import __main__ as data_cli
 
@@ -45,8 +45,8 @@ def test_damaged_mnist_file(name, damage, words, mnist_root, capsys, tmp_path):
     out_dir = tmp_path / "out"
     code, _, err = run_in_process(
         TRAIN["torch"], ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--max-steps",
-                         "1", "--no-progress"], program("torch"), capsys)
-    assert_usage_error(code, err, program("torch"), str(damaged), words)
+                         "1", "--no-progress"], cli_name("torch"), capsys)
+    assert_usage_error(code, err, cli_name("torch"), str(damaged), words)
     assert damaged.read_bytes() == before  # reported, never "repaired" or deleted
     assert not out_dir.exists()  # data is checked before the out-dir is created: no litter
 
@@ -60,8 +60,8 @@ def test_no_data_and_no_source(framework, capsys, tmp_path, monkeypatch):
     code, _, err = run_in_process(
         EVALUATE[framework], ["--data-dir", str(nowhere), "--weights",
                               str(tmp_path / "w.safetensors"), "--device", "cpu"],
-        program(framework, "evaluate"), capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"), "MNIST files missing: put",
+        cli_name(framework, "evaluate"), capsys)
+    assert_usage_error(code, err, cli_name(framework, "evaluate"), "MNIST files missing: put",
                        str(raw_dir(nowhere)))
     assert not nowhere.exists()
 
@@ -72,8 +72,8 @@ def test_data_dir_is_a_file(framework, capsys, tmp_path):
     target.write_text("keep me")
     code, _, err = run_in_process(
         TRAIN[framework], ["--data-dir", str(target), "--out-dir", str(tmp_path / "out")],
-        program(framework), capsys)
-    assert_usage_error(code, err, program(framework), f"data dir {target} is not a directory")
+        cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework), f"data dir {target} is not a directory")
     assert target.read_text() == "keep me"
     assert not (tmp_path / "out").exists()
 
@@ -86,7 +86,7 @@ def test_data_dir_env_is_a_file(framework, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MNIST_DATA_DIR", str(target))
     out_dir = tmp_path / "out"
     code, _, err = train_cli(framework, out_dir, capsys, epochs=3)
-    assert_usage_error(code, err, program(framework), f"data dir {target} is not a directory")
+    assert_usage_error(code, err, cli_name(framework), f"data dir {target} is not a directory")
     assert target.read_text() == "keep me" and not out_dir.exists()
 
 
@@ -95,7 +95,7 @@ def test_offline_without_data_creates_nothing(framework, tmp_path, monkeypatch, 
     monkeypatch.setenv("MNIST_OFFLINE", "1")
     nowhere, out_dir = tmp_path / "nowhere", tmp_path / "out"
     code, _, err = train_cli(framework, out_dir, capsys, "--data-dir", nowhere, epochs=3)
-    assert_usage_error(code, err, program(framework), "MNIST files missing: put",
+    assert_usage_error(code, err, cli_name(framework), "MNIST files missing: put",
                        str(raw_dir(nowhere)))
     assert not nowhere.exists() and not out_dir.exists()
 
@@ -105,8 +105,8 @@ def test_an_over_long_data_dir_is_one_line(tmp_path, capsys):
                                   PROG, capsys)
     assert_usage_error(code, err, PROG, "--data-dir", "File name too long")
     code, _, err = run_in_process(TRAIN["torch"], ["--data-dir", str(tmp_path / LONG)],
-                                  program("torch"), capsys)
-    assert_usage_error(code, err, program("torch"), "--data-dir", "File name too long")
+                                  cli_name("torch"), capsys)
+    assert_usage_error(code, err, cli_name("torch"), "--data-dir", "File name too long")
 
 
 
@@ -125,8 +125,9 @@ def test_a_dangling_link_in_the_data_folder_is_named(mnist_root, tmp_path, capsy
                                   capsys)
     assert_usage_error(code, err, PROG, expected)
     code, _, err = run_in_process(TRAIN["torch"], ["--data-dir", str(tmp_path), "--out-dir",
-                                                   str(tmp_path / "run")], program("torch"), capsys)
-    assert_usage_error(code, err, program("torch"), expected)
+                                                   str(tmp_path / "run")], cli_name("torch"),
+                                  capsys)
+    assert_usage_error(code, err, cli_name("torch"), expected)
     assert not (tmp_path / "run").exists()
 
 

@@ -16,7 +16,7 @@ from cli_helpers import (
 from safetensors.numpy import save_file
 from weight_helpers import random_weights
 
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 
 # --- flags --------------------------------------------------------------------------------------
 
@@ -53,8 +53,8 @@ BAD_FLAGS = {
 def test_bad_flag(framework, argv, words, capsys, tmp_path):
     out_dir = tmp_path / "out"
     code, out, err = run_in_process(TRAIN[framework], [*argv, "--out-dir", str(out_dir)],
-                                    program(framework), capsys)
-    assert_usage_error(code, err, program(framework), words, "(see --help)")
+                                    cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework), words, "(see --help)")
     assert out == "" and not out_dir.exists()
 
 
@@ -66,14 +66,14 @@ def test_absent_gpu(framework, device, capsys, tmp_path):
         pytest.skip("a GPU is present")
     out_dir = tmp_path / "out"
     code, _, err = run_in_process(TRAIN[framework], ["--device", device, "--out-dir",
-                                                     str(out_dir)], program(framework), capsys)
-    assert_usage_error(code, err, program(framework), f"--device {device}: no ")
+                                                     str(out_dir)], cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework), f"--device {device}: no ")
     assert not out_dir.exists()
     save_file(random_weights(), str(tmp_path / "w.safetensors"))
     code, _, err = run_in_process(EVALUATE[framework], ["--device", device, "--weights",
                                                         str(tmp_path / "w.safetensors")],
-                                  program(framework, "evaluate"), capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"), f"--device {device}: no ")
+                                  cli_name(framework, "evaluate"), capsys)
+    assert_usage_error(code, err, cli_name(framework, "evaluate"), f"--device {device}: no ")
 
 
 @pytest.mark.data
@@ -81,8 +81,8 @@ def test_absent_gpu(framework, device, capsys, tmp_path):
 def test_batch_larger_than_the_training_set(framework, mnist_root, capsys, tmp_path):
     code, _, err = run_in_process(
         TRAIN[framework], ["--batch-size", "60001", "--out-dir", str(tmp_path / "out"),
-                           "--no-progress"], program(framework), capsys)
-    assert_usage_error(code, err, program(framework),
+                           "--no-progress"], cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework),
                        "--batch-size 60001 is larger than the training set (60000 images)")
     assert not (tmp_path / "out").exists()
 

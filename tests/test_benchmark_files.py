@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import finish, start_python
 
+from mnist_common.ownership import RECORD_NAME, may_replace
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
 COMMITTED = REPO / "benchmarks" / "results"  # a complete result of this benchmark, cpu.*
@@ -46,11 +48,12 @@ def _one_error_line(done, *words):
 
 @pytest.fixture
 def complete(tmp_path):
-    """An out-dir holding the committed complete CPU result (cpu.json, .md, .png)."""
+    """An out-dir holding the committed complete CPU result (cpu.json, .md, .png) and the
+    ownership record that makes them the project's."""
     out = tmp_path / "results"
     out.mkdir()
-    for suffix in ("json", "md", "png"):
-        shutil.copy(COMMITTED / f"cpu.{suffix}", out)
+    for name in ("cpu.json", "cpu.md", "cpu.png", RECORD_NAME):
+        shutil.copy(COMMITTED / name, out)
     return out
 
 
@@ -92,7 +95,8 @@ def test_ctrl_c_keeps_the_complete_result_and_what_it_measured(complete):
     partial = complete / "cpu.partial.json"
     assert lines[-1].startswith(f"benchmarks/run.py: stopped by SIGINT; what it measured is in "
                                 f"{partial} ")
-    assert {k: v for k, v in _snapshot(complete).items() if k != partial.name} == before
+    kept = {k: v for k, v in _snapshot(complete).items() if k not in (partial.name, RECORD_NAME)}
+    assert kept == {k: v for k, v in before.items() if k != RECORD_NAME}  # the record: + partial
     results = json.loads(partial.read_text())
     assert results["complete"] is False
     for variant in ("torch-eager", "flax-jit"):
@@ -141,9 +145,11 @@ def test_only_files_a_benchmark_wrote_may_be_replaced(tmp_path, name, content):
 
 def test_a_complete_result_may_be_replaced(complete):
     harness = _import("harness")
-    assert all(harness.ours(complete / n) for n in harness.output_names("cpu"))
-    (complete / "cpu.json").write_text('{"schema": "someone-else/1"}')  # then .md, .png: orphans
-    assert not any(harness.ours(complete / f"cpu.{s}") for s in ("json", "md", "png"))
+    assert all(may_replace(complete / n) for n in harness.output_names("cpu"))
+    harness.prepare_out_dir(complete, harness.output_names("cpu"))  # no refusal
+    for suffix in ("json", "md", "png"):  # each edited by the user: theirs from then on
+        (complete / f"cpu.{suffix}").write_bytes(b'{"schema": "someone-else/1"}')
+        assert not may_replace(complete / f"cpu.{suffix}")
 
 
 def test_missing_gpu_leaves_no_out_dir_and_no_scratch_dir(tmp_path):
@@ -186,7 +192,8 @@ def test_render_names_outputs_after_the_json_and_keeps_a_users_files(tmp_path, c
     shutil.copy(COMMITTED / "cpu.json", tmp_path / "X.json")
     (tmp_path / "cpu.md").write_text("my notes\n")
     _import("session").render(tmp_path / "X.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.json", "X.md", "X.png", "cpu.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RECORD_NAME, "X.json", "X.md", "X.png",
+                                                          "cpu.md"]
     assert (tmp_path / "cpu.md").read_text() == "my notes\n"
     assert capsys.readouterr().out.strip() == (tmp_path / "X.md").read_text().strip()
     (tmp_path / "X.md").write_text("my own X.md\n")  # no longer the benchmark's report

@@ -1,11 +1,11 @@
-"""A batch larger than `flax_impl.big_batch.CHUNK` takes the same step, its gradient summed in
-chunks (so that a full-batch step fits in XLA:CPU's memory); here with a small CHUNK."""
+"""A batch larger than `flax_impl.backend.BIG_BATCH` takes the same step, its gradient summed in
+chunks (so that a full-batch step fits in XLA:CPU's memory); here with small chunks."""
 
 import jax
 import numpy as np
 import pytest
 
-from flax_impl import backend, big_batch
+from flax_impl import backend
 from mnist_common.config import Config
 
 
@@ -20,7 +20,7 @@ def test_chunked_step_is_the_full_batch_step(masked, monkeypatch):
     if masked:  # a mesh-padded batch: the last 20 examples are padding
         batch = (images, labels, (np.arange(150) < 130).astype(np.float32))
     plain_state, plain = backend.train_step(state, batch)
-    monkeypatch.setattr(big_batch, "CHUNK", 64)  # 150 examples: chunks of 64, 64, 22 (+ pad)
+    monkeypatch.setattr(backend, "BIG_BATCH", 64)  # 150 examples: chunks of 64, 64, 22 (+ pad)
     jax.clear_caches()
     chunked_state, chunked = backend.train_step(state, batch)
     jax.clear_caches()

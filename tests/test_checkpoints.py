@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkpoint_writer import arrays
+from checkpoint_writer import USER_FILE, arrays
 from cli_helpers import run_python
 from safetensors.numpy import save_file
 
 from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint, save_checkpoint
 from mnist_common.errors import UsageError
+from mnist_common.ownership import RECORD_NAME
 from mnist_common.rundir import locked
 from mnist_common.weights import CANONICAL_SHAPES
 
@@ -34,7 +35,8 @@ def assert_holds_step(out_dir, step=None):
 
 
 def entries(out_dir):
-    return sorted(p.name for p in checkpoint_root(out_dir).iterdir())
+    """The store's entries, but for its ownership record."""
+    return sorted(p.name for p in checkpoint_root(out_dir).iterdir() if p.name != RECORD_NAME)
 
 
 def test_round_trip_and_only_the_newest_is_kept(tmp_path):
@@ -167,7 +169,7 @@ def test_a_second_run_cannot_take_the_same_out_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def killed_writers(tmp_path_factory):
-    """Run the three kill experiments of checkpoint_writer.py."""
+    """Run the four kill experiments of checkpoint_writer.py."""
     base = tmp_path_factory.mktemp("killed")
     done = run_python(WRITER, base, "20240607", "12", timeout=240)
     assert done.returncode == 0, done.stderr
@@ -209,6 +211,25 @@ def test_kill_during_the_first_save_leaves_no_checkpoint_or_a_complete_one(kille
     assert None in outcomes and 2 in outcomes
     for out_dir in result["killed"]:
         _rerun_succeeds(out_dir)
+
+
+def test_kill_at_every_step_of_a_save_keeps_a_users_file_beside_checkpoint_files(
+        killed_writers):
+    """The user's file in the live checkpoint's directory, beside its files: no kill, no later
+    save and none of its prunes deletes it (the directory is kept whole: it is not only ours)."""
+    result = killed_writers["beside"]
+    assert result["completed_at"] is not None and len(result["killed"]) >= 20
+    completed = Path(result["killed"][0]).parent / f"kill-{result['completed_at']:03d}"
+    directory, name, text = USER_FILE
+    for out_dir in [*result["killed"], completed]:
+        user_file = checkpoint_root(out_dir) / directory / name
+        assert user_file.read_text() == text, out_dir
+        assert assert_holds_step(out_dir) in (1, 2)
+        for step in (5000, 5001):  # two later saves: each prunes what the last one superseded
+            save_checkpoint(out_dir, *arrays(step))
+            assert user_file.read_text() == text, out_dir
+        assert_holds_step(out_dir, 5001)
+        assert entries(out_dir) == ["latest", directory, "step-0005001"]
 
 
 def test_kill_at_random_moments_of_repeated_saves(killed_writers):

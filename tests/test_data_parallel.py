@@ -15,6 +15,8 @@ at step 13 and 9.7e-6 at step 20, when 3.5 % of layer.5.weight was beyond 1e-5 a
 3.3e-4 apart; the same comparison at 20 steps had passed on another EPYC and failed on this one
 with NCHW too. Ten steps show that two processes train like one, not which CPU rounds luckily.
 Checkpoints carry canonical arrays, not a device layout, so a run resumes on another device count.
+Three processes or devices pad each batch (256 or 100 images, and evaluation's 1000) with two
+masked zero images: the losses, `test_loss` and the counts are still one device's.
 """
 
 import os
@@ -85,6 +87,9 @@ def assert_close_runs(actual_dir, expected_dir, steps=STEPS):
     # Evaluation is sharded too: the same test images, counted once each.
     assert actual_metrics["test_examples"] == expected_metrics["test_examples"] == 10_000
     assert abs(actual_metrics["test_correct"] - expected_metrics["test_correct"]) <= 2
+    # The mean over the same 10,000 images from weights that differ by rounding: within the
+    # losses' bound (padding counted in it would add ~2e-3: 2.3 per masked zero image, 20 of them).
+    assert abs(actual_metrics["test_loss"] - expected_metrics["test_loss"]) <= TOLERANCE
 
 
 def one_many_one(train, out_dir, many):
@@ -146,6 +151,9 @@ JOBS = {
     "jax distributed": (jax_distributed, "test_jax_distributed_two_processes_equal_one"),
     "torch two": (lambda d: torch_train(d, "--max-steps", STEPS, processes=2),
                   "test_torchrun_two_processes_equal_one"),
+    # 3 processes, batch 256 (and evaluation batches of 1000): each is padded by 2 masked images.
+    "torch three": (lambda d: torch_train(d, "--max-steps", STEPS, processes=3),
+                    "test_torchrun_batch_not_divisible_by_processes_is_padded_and_masked"),
     "jax two": (lambda d: flax_train(d, "--max-steps", STEPS, devices=2),
                 "test_jax_two_devices_equal_one"),
     # 3 devices, batch 100 (and evaluation batches of 1000): each is padded by 2 masked images.
@@ -156,6 +164,7 @@ JOBS = {
                            "test_jax_batch_not_divisible_by_devices_is_padded_and_masked"),
     "torch one": (lambda d: torch_train(d, "--max-steps", STEPS),
                   "test_torchrun_two_processes_equal_one",
+                  "test_torchrun_batch_not_divisible_by_processes_is_padded_and_masked",
                   "test_torch_checkpoints_move_between_process_counts"),
     "jax one": (lambda d: flax_train(d, "--max-steps", STEPS),
                 "test_jax_two_devices_equal_one", "test_jax_distributed_two_processes_equal_one",
@@ -194,6 +203,12 @@ def test_torchrun_two_processes_equal_one(runs):
     assert_close_runs(two, one)
     metrics, _ = read_run(two)
     assert "2 processes" in metrics["device"]
+
+
+def test_torchrun_batch_not_divisible_by_processes_is_padded_and_masked(runs):
+    result = runs["torch three"][0].result()
+    assert "x 3 processes (gloo, DistributedDataParallel)" in result.stderr
+    assert_close_runs(*finished(runs, "torch three", "torch one"))
 
 
 def test_torch_checkpoints_move_between_process_counts(runs):

@@ -12,7 +12,7 @@ from disk_helpers import litter
 from training_helpers import checkpoint_step, train_cli, train_config
 
 from mnist_common.checkpoints import load_checkpoint
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 from mnist_common.errors import UsageError
 
 
@@ -31,7 +31,7 @@ def test_other_framework_does_not_replace_a_finished_run(torch_finished, small_m
     out_dir = copy_of(torch_finished, tmp_path)
     before = outputs(out_dir)
     code, out, err = train_cli("flax", out_dir, capsys, "--max-steps", 3, epochs=3)
-    assert_usage_error(code, err, program("flax"), f"--out-dir {out_dir} holds a finished run of "
+    assert_usage_error(code, err, cli_name("flax"), f"--out-dir {out_dir} holds a finished run of "
                        "python -m torch_impl.train; pass --overwrite to replace it, or choose "
                        "another --out-dir")
     assert out == "" and outputs(out_dir) == before
@@ -56,7 +56,7 @@ def test_other_flags_do_not_replace_a_finished_run(torch_finished, small_mnist, 
     out_dir = copy_of(torch_finished, tmp_path)
     before = outputs(out_dir)
     code, _, err = train_cli("torch", out_dir, capsys, *flags, epochs=3)
-    assert_usage_error(code, err, program("torch"), f"--out-dir {out_dir} holds a finished run "
+    assert_usage_error(code, err, cli_name("torch"), f"--out-dir {out_dir} holds a finished run "
                        f"{words}; pass --overwrite")
     assert outputs(out_dir) == before
 
@@ -73,7 +73,7 @@ def test_the_same_command_twice_just_trains_again(framework, small_mnist, tmp_pa
     assert litter(out_dir) == []
     # A different --max-steps is another run: refused, then allowed with --overwrite.
     code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", 3, epochs=3)
-    assert_usage_error(code, err, program(framework), "made with --max-steps 2, not 3")
+    assert_usage_error(code, err, cli_name(framework), "made with --max-steps 2, not 3")
     code, _, err = train_cli(framework, out_dir, capsys, "--max-steps", 3, "--overwrite",
                              epochs=3)
     assert code == 0, err

@@ -8,6 +8,8 @@ import sys
 import pytest
 from cli_helpers import REPO, cli_env
 
+from mnist_common.ownership import RECORD_NAME
+
 PARITY = REPO / "parity_tests"
 
 
@@ -23,14 +25,15 @@ def margins(monkeypatch):
 
 
 def record_some(margins):
-    margins.record("loss, max |Flax - torch|", 2e-7, 1e-5, group="training")
-    margins.record("init: KS p-value", 0.3, 1e-3, floor=True, group="init")
+    margins.check("loss, max |Flax - torch|", 2e-7, 1e-5, group="training")
+    margins.check("init: KS p-value", 0.3, 1e-3, kind="floor", group="init")
     for label in ("flax vs torch", "torch: reversed batches"):
         margins.series("trajectory", label, [1e-6 * (1 + i) for i in range(101)])
-    margins.record("step 100 median", 3e-5, 9e-5, group="trajectory", statistic="median")
+    margins.check("step 100 median", 3e-5, 9e-5, group="trajectory", statistic="median")
     for framework in ("torch", "flax"):
-        margins.record(f"{framework} conv 1 vs referee", 0.1, 1.0, group="referee",
-                       framework=framework, layer="conv 1", error_at_worst=1e-7)
+        margins.check(f"{framework} conv 1 vs referee", 0.1, 1.0, group="referee",
+                      framework=framework, layer="conv 1", error_at_worst=1e-7,
+                      one_percent_share=250.0)
 
 
 def test_report_holds_every_check_and_both_figures(margins, tmp_path):
@@ -39,20 +42,27 @@ def test_report_holds_every_check_and_both_figures(margins, tmp_path):
     assert sorted(p.name for p in written) == sorted(margins.REPORT_FILES)
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [c["check"] for c in report["checks"]] == [r["check"] for r in margins.RECORDS]
-    floor = report["checks"][1]
+    ceiling, floor = report["checks"][:2]
+    assert ceiling["kind"] == "<=" and ceiling["margin"] == pytest.approx(1e-5 - 2e-7)
+    assert ceiling["used"] == pytest.approx(2e-7 / 1e-5)  # measured / limit
     assert floor["kind"] == ">=" and floor["margin"] == pytest.approx(0.3 - 1e-3)
+    assert floor["used"] == pytest.approx(1e-3 / 0.3)  # limit / measured
     text = (tmp_path / "r" / "report.md").read_text()
     assert text.startswith("# Parity report\n\n5 checks, 0 outside their bound.")
-    assert "| loss, max \\|Flax - torch\\| | 2.00e-07 | <= 1.00e-05 |" in text
+    assert "| loss, max \\|Flax - torch\\| | 2.00e-07 | <= 1.00e-05 | 9.80e-06 | 0.02 |" in text
+    assert "| init: KS p-value | 0.3 | >= 0.001 | 0.299 | 0.00 |" in text
+    assert "| torch conv 1 vs referee | 0.1 | 250 |" in text  # measured beside a 1 % error's
+    assert "| flax conv 1 vs referee | 0.1 | 250 |" in text
     for name in ("trajectory.png", "referee.png"):
         assert (tmp_path / "r" / name).read_bytes().startswith(b"\x89PNG")
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(margins.REPORT_FILES)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(
+        [*margins.REPORT_FILES, RECORD_NAME])  # and the record that makes them the project's
 
 
 def test_a_second_report_replaces_the_first(margins, tmp_path):
     record_some(margins)
     margins.write_report(tmp_path, "first")
-    margins.record("one more", 1.0, 2.0)
+    margins.check("one more", 1.0, 2.0)
     margins.write_report(tmp_path, "second")
     assert json.loads((tmp_path / "report.json").read_text())["environment"] == "second"
     assert "6 checks" in (tmp_path / "report.md").read_text()
@@ -79,3 +89,43 @@ def test_pytest_refuses_the_directory_before_any_test(tmp_path):
     assert "report.md was not written by a parity report" in done.stderr
     assert " passed" not in done.stdout
     assert (tmp_path / "report.md").read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("kind, measured, limit, holds", [
+    ("ceiling", 0.5, 1.0, True), ("ceiling", 1.0, 1.0, True), ("ceiling", 1.5, 1.0, False),
+    ("ceiling", float("nan"), 1.0, False), ("floor", 2.0, 1.0, True), ("floor", 1.0, 1.0, True),
+    ("floor", 0.5, 1.0, False)])
+def test_a_check_records_exactly_what_it_asserts(margins, kind, measured, limit, holds):
+    if holds:
+        margins.check("c", measured, limit, kind=kind)
+    else:
+        with pytest.raises(AssertionError, match="c: "):
+            margins.check("c", measured, limit, kind=kind)
+    entry, = margins.RECORDS
+    assert entry["measured"] == measured or measured != measured  # the asserted value, even NaN
+    assert entry["bound"] == limit and entry["kind"] == {"ceiling": "<=", "floor": ">="}[kind]
+    assert (margins.margin(entry) >= 0) == holds
+    used = measured / limit if kind == "ceiling" else limit / measured
+    assert margins.fraction(entry) == pytest.approx(used, nan_ok=True)
+
+
+def test_the_report_is_written_by_checks_only():
+    """Every parity test records through `check` (which asserts what it records): nothing else
+    adds to the records."""
+    for path in sorted(PARITY.glob("*.py")):
+        text = path.read_text()
+        assert "RECORDS.append" not in text or path.name == "margins.py", path.name
+        assert "import record" not in text and "margins.record" not in text, path.name
+
+
+@pytest.mark.parametrize("under", ["", "sub/dir"])
+def test_a_report_path_at_or_under_a_file_is_refused_before_any_test(tmp_path, under):
+    (tmp_path / "notes").write_text("mine\n")
+    target = tmp_path / "notes" / under if under else tmp_path / "notes"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "parity_tests/test_model.py", "--parity-report", str(target)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stdout + done.stderr  # pytest's usage error
+    assert "not a directory" in done.stderr and "notes" in done.stderr
+    assert " passed" not in done.stdout
+    assert (tmp_path / "notes").read_text() == "mine\n"

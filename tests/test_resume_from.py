@@ -9,11 +9,11 @@ from checkpoint_writer import arrays
 from cli_helpers import assert_usage_error, run_cli_subprocess, run_in_process
 
 from mnist_common.checkpoints import ARRAY_FILES, load_checkpoint_at, save_checkpoint
-from mnist_common.config import program
+from mnist_common.config import cli_name
 from mnist_common.errors import UsageError
 from torch_impl import train as torch_train
 
-PROG = program("torch")
+PROG = cli_name("torch")
 
 
 @pytest.fixture

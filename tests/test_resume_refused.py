@@ -11,7 +11,7 @@ from cli_helpers import TRAIN, assert_usage_error, run_in_process
 from training_helpers import checkpoint_step, train_cli, train_config
 
 from mnist_common.checkpoints import save_checkpoint
-from mnist_common.config import FRAMEWORKS, Config, program
+from mnist_common.config import FRAMEWORKS, Config, cli_name
 from mnist_common.errors import UsageError
 from torch_impl import train as torch_train
 
@@ -22,14 +22,14 @@ from torch_impl import train as torch_train
 def test_resume_without_a_checkpoint_creates_nothing(framework, capsys, tmp_path):
     out_dir = tmp_path / "never-trained"
     code, _, err = run_in_process(TRAIN[framework], ["--resume", "--out-dir", str(out_dir)],
-                                  program(framework), capsys)
-    assert_usage_error(code, err, program(framework), f"--resume: no checkpoint in {out_dir}")
+                                  cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework), f"--resume: no checkpoint in {out_dir}")
     assert not out_dir.exists()
     out_dir.mkdir()
     (out_dir / "metrics.json").write_text("{}")  # outputs but no checkpoint
     code, _, err = run_in_process(TRAIN[framework], ["--resume", "--out-dir", str(out_dir)],
-                                  program(framework), capsys)
-    assert_usage_error(code, err, program(framework), "--resume: no checkpoint in")
+                                  cli_name(framework), capsys)
+    assert_usage_error(code, err, cli_name(framework), "--resume: no checkpoint in")
 
 
 def _damaged_checkpoint(out_dir):
@@ -42,8 +42,8 @@ def _damaged_checkpoint(out_dir):
 def test_resume_damaged_checkpoint_in_process(capsys, tmp_path):
     directory = _damaged_checkpoint(tmp_path)
     code, _, err = run_in_process(TRAIN["torch"], ["--resume", "--out-dir", str(tmp_path)],
-                                  program("torch"), capsys)
-    assert_usage_error(code, err, program("torch"), f"--resume: checkpoint {directory} is "
+                                  cli_name("torch"), capsys)
+    assert_usage_error(code, err, cli_name("torch"), f"--resume: checkpoint {directory} is "
                        "damaged (optimizer.safetensors does not match the SHA-256")
 
 
@@ -80,7 +80,7 @@ def test_resume_refuses_a_manifest_that_misses_a_file(framework, keep, flipped, 
     _manifest(directory, keep)
     _flip(directory / flipped)
     code, out, err = train_cli(framework, out_dir, capsys, "--resume", epochs=3)
-    assert_usage_error(code, err, program(framework), f"--resume: checkpoint {directory} is "
+    assert_usage_error(code, err, cli_name(framework), f"--resume: checkpoint {directory} is "
                        "damaged (progress.json does not name and hash every file a checkpoint "
                        "needs (model.safetensors, optimizer.safetensors))")
     # Nothing added: not even the lock file, which this refused run created.

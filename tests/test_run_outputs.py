@@ -24,7 +24,7 @@ from safetensors.numpy import load_file
 from torch import nn
 
 from mnist_common import loaders
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 from mnist_common.weights import CANONICAL_SHAPES
 
 pytestmark = pytest.mark.data
@@ -129,8 +129,9 @@ def test_tutorial_pt_loads_in_both_evaluate_clis(torch_runs, real_splits, tmp_pa
     model.eval()
     correct = 0
     with torch.no_grad():
-        for images, labels in loaders.eval_batches(real_splits[1],
-                                                   batch_size=TUTORIAL_BATCH_SIZE):
+        test_split = real_splits[1]
+        index_lists = loaders.eval_index_batches(len(test_split[1]), TUTORIAL_BATCH_SIZE)
+        for images, labels in loaders.batches_of(test_split, index_lists, train=False):
             logits = model(torch.from_numpy(images))
             correct += int((logits.argmax(dim=1) == torch.from_numpy(labels)).sum())
     training_metrics, _ = read_run(torch_runs[0])
@@ -147,14 +148,14 @@ def test_precision_is_accepted_and_recorded_by_all_four_clis(framework, small_mn
     out_dir = tmp_path / "run"
     code, _, err = run_in_process(TRAIN[framework], [
         "--device", "cpu", "--precision", "tf32", "--max-steps", "2", "--batch-size", "16",
-        "--no-progress", "--out-dir", str(out_dir)], program(framework), capsys)
+        "--no-progress", "--out-dir", str(out_dir)], cli_name(framework), capsys)
     assert code == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["precision"] == "tf32" and metrics["config"]["precision"] == "tf32"
     code, _, err = run_in_process(EVALUATE[framework], [
         "--weights", str(out_dir / "model.safetensors"), "--device", "cpu", "--precision",
         "tf32", "--no-progress", "--out", str(tmp_path / "eval.json")],
-        program(framework, "evaluate"), capsys)
+        cli_name(framework, "evaluate"), capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "eval.json").read_text())["precision"] == "tf32"
 

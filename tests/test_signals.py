@@ -23,7 +23,7 @@ from disk_helpers import litter
 from training_helpers import checkpoint_step, train_cli, train_config
 
 from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 from mnist_common.errors import UsageError
 from torch_impl import backend as torch_backend
 
@@ -101,8 +101,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(framework, small_mnist,
     code, out, err = train_cli(framework, out_dir, capsys, epochs=3)
     assert code == 143, err
     assert out == "" and "Traceback" not in err
-    assert (f"{program(framework)}: SIGTERM after step 10 (epoch 2, batch 3 of 7); checkpoint "
-            f"saved in {checkpoint_root(out_dir)}. Resume with: {program(framework)} --resume "
+    assert (f"{cli_name(framework)}: SIGTERM after step 10 (epoch 2, batch 3 of 7); checkpoint "
+            f"saved in {checkpoint_root(out_dir)}. Resume with: {cli_name(framework)} --resume "
             f"--out-dir {out_dir} --epochs 3 --batch-size 16 --no-progress") in err
     assert load_checkpoint(out_dir).progress["global_step"] == 10
     assert signal.getsignal(signal.SIGTERM) is handler_before
@@ -125,7 +125,7 @@ def test_second_ctrl_c_quits_at_once_keeping_the_last_checkpoint(
     assert code == 130, err
     assert out == "" and "Traceback" not in err
     assert [line for line in err.splitlines() if line.strip()][-1] == \
-        f"{program(framework)}: interrupted"
+        f"{cli_name(framework)}: interrupted"
     assert (checkpoint_root(out_dir) / LATEST).read_text() == "step-0000007\n"  # epoch 1's end
     assert load_checkpoint(out_dir).progress["global_step"] == 7
     assert not (out_dir / "metrics.json").exists() and litter(out_dir) == []

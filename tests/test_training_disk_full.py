@@ -20,7 +20,7 @@ from training_helpers import train_cli
 
 from mnist_common import weights
 from mnist_common.checkpoints import LATEST, checkpoint_root, load_checkpoint
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 
 pytestmark = pytest.mark.data
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
@@ -87,7 +87,7 @@ def test_checkpoint_write_on_a_full_disk(framework, when, small_mnist,
     for flags in (["--max-steps", 3], ["--max-steps", 5, "--resume"]):
         code, out, err = train_cli(framework, out_dir, capsys, *flags)
         line = assert_error_after_status(
-            code, err, program(framework),
+            code, err, cli_name(framework),
             f"cannot write a checkpoint into {checkpoint_root(out_dir)} (No space left on device)")
         assert out == ""
         assert_nothing_lost(out_dir, before)
@@ -136,7 +136,7 @@ def test_final_output_write_on_a_full_disk(framework, output, small_mnist,
     # --resume of the finished run only rewrites the outputs; the fresh rerun trains first.
     for flags in (["--max-steps", 3, "--resume"], ["--max-steps", 3]):
         code, out, err = train_cli(framework, out_dir, capsys, *flags)
-        assert_error_after_status(code, err, program(framework), "cannot write the outputs into "
+        assert_error_after_status(code, err, cli_name(framework), "cannot write the outputs into "
                                   f"{out_dir} (No space left on device)")
         assert out == ""
         # The rerun is bit-identical, so even the outputs written before the failing one are.
@@ -183,7 +183,8 @@ def test_real_full_filesystem(framework, small_mnist, tmpfs, capsys):
     for flags, leave, words in cases:
         fill(small_filesystem, leave)
         code, out, err = train_cli(framework, out_dir, capsys, *flags)
-        assert_error_after_status(code, err, program(framework), words, "(No space left on device)")
+        assert_error_after_status(code, err, cli_name(framework), words,
+                                  "(No space left on device)")
         assert out == ""
         assert_nothing_lost(out_dir, before)
     (small_filesystem / "filler").unlink()  # space again: the resume goes on from step 3

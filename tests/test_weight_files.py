@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 from weight_helpers import RunsCode, evil_pt, random_weights
 
 from mnist_common import weights
-from mnist_common.config import FRAMEWORKS, program
+from mnist_common.config import FRAMEWORKS, cli_name
 
 
 def _write_safetensors(path, change):
@@ -83,15 +83,15 @@ def test_bad_weight_file(framework, name, make, words, capsys, tmp_path):
     out = tmp_path / "metrics.json"
     code, stdout, err = run_in_process(
         EVALUATE[framework], ["--weights", str(path), "--out", str(out), "--device", "cpu"],
-        program(framework, "evaluate"), capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"), str(path), words)
+        cli_name(framework, "evaluate"), capsys)
+    assert_usage_error(code, err, cli_name(framework, "evaluate"), str(path), words)
     assert stdout == "" and not out.exists()
     assert not (tmp_path / "code-ran").exists()
 
 
 def evaluate(framework, path, capsys):
     return run_in_process(EVALUATE[framework], ["--weights", str(path), "--no-progress",
-                                                "--device", "cpu"], program(framework, "evaluate"),
+                                                "--device", "cpu"], cli_name(framework, "evaluate"),
                           capsys)
 
 
@@ -101,7 +101,7 @@ def test_weights_that_are_a_fifo(framework, tmp_path, capsys):
     fifo = tmp_path / "w.safetensors"
     os.mkfifo(fifo)
     code, out, err = evaluate(framework, fifo, capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"), f"{fifo}: not a regular file")
+    assert_usage_error(code, err, cli_name(framework, "evaluate"), f"{fifo}: not a regular file")
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -117,7 +117,7 @@ def test_weights_whose_read_fails(framework, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(weights, "load_file", load_file)
     code, out, err = evaluate(framework, path, capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"), f"{path}: not a readable "
+    assert_usage_error(code, err, cli_name(framework, "evaluate"), f"{path}: not a readable "
                        "safetensors file", "Input/output error")
     assert out == ""
 
@@ -157,7 +157,7 @@ def test_integer_weights_stay_refused(framework, suffix, tmp_path, capsys):
     else:
         save_file(ints, str(path))
     code, out, err = evaluate(framework, path, capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"),
+    assert_usage_error(code, err, cli_name(framework, "evaluate"),
                        "layer.0.weight has dtype int32, expected float32")
 
 
@@ -168,7 +168,7 @@ def test_float64_beyond_float32_is_refused(framework, tmp_path, capsys):
     big["fc_layer.2.bias"][0] = 1e300
     save_file(big, str(path))
     code, _, err = evaluate(framework, path, capsys)
-    assert_usage_error(code, err, program(framework, "evaluate"),
+    assert_usage_error(code, err, cli_name(framework, "evaluate"),
                        "fc_layer.2.bias contains NaN or infinite values as float32")
 
 

@@ -8,7 +8,7 @@ epoch ends, a partial last batch and a `--max-steps` stop in a handful of steps.
 
 from cli_helpers import TRAIN, run_in_process
 
-from mnist_common.config import Config, program
+from mnist_common.config import Config, cli_name
 
 SMALL_TRAIN = 100  # with --batch-size 16: 7 steps per epoch, the last one 4 images
 SMALL_TEST = 200
@@ -29,7 +29,7 @@ def train_cli(framework, out_dir, capsys, *flags, epochs=1):
     --out-dir OUT_DIR FLAGS: (exit status, stdout, stderr)."""
     argv = ["--batch-size", "16", "--epochs", str(epochs), "--no-progress", "--out-dir",
             str(out_dir), *map(str, flags)]
-    return run_in_process(TRAIN[framework], argv, program(framework), capsys)
+    return run_in_process(TRAIN[framework], argv, cli_name(framework), capsys)
 
 
 def train_config(framework, out_dir, **flags):

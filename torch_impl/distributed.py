@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mnist_common.errors import UsageError
+from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import pad_batch
+from mnist_common.peers import host_name, port_number, waiting_for_peers, whole_number
 
 
 class Group(NamedTuple):
@@ -36,29 +37,53 @@ class Group(NamedTuple):
 
 def requested():
     """True when a launcher asked for more than one process (torchrun sets WORLD_SIZE)."""
-    return _env_int("WORLD_SIZE", 1) > 1
+    value = os.environ.get("WORLD_SIZE")
+    return value is not None and whole_number("WORLD_SIZE", value, 1) > 1
 
 
-def _env_int(name, default):
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not a whole number") from None
+class Start(NamedTuple):
+    """A multi-process start as the environment describes it, every value checked."""
+
+    world_size: int
+    rank: int
+    address: str  # host:port of the rendezvous
 
 
-def init():
-    """Join the process group torchrun describes, if it asked for one (before any device is
-    used); gloo serves CPU tensors and, where CUDA is present, NCCL serves CUDA ones."""
-    if not requested():
-        return
+def start_from_env():
+    """WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, checked before anything
+    waits: a value left over in a shell is one line, not a silent wait."""
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise UsageError(f"WORLD_SIZE is set but {name} is not: launch with `torchrun "
                              f"--nproc_per_node=N -m torch_impl.train ...`")
-    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    world_size = whole_number("WORLD_SIZE", os.environ["WORLD_SIZE"], 1)
+    rank = whole_number("RANK", os.environ["RANK"], 0, world_size, f"WORLD_SIZE={world_size}")
+    _local_rank(world_size)
+    host = host_name("MASTER_ADDR", os.environ["MASTER_ADDR"])
+    port = port_number("MASTER_PORT", os.environ["MASTER_PORT"])
+    return Start(world_size, rank, f"{host}:{port}")
+
+
+def _local_rank(world_size):
+    return whole_number("LOCAL_RANK", os.environ.get("LOCAL_RANK", "0"), 0, world_size,
+                        f"WORLD_SIZE={world_size}")
+
+
+def init():
+    """Join the process group torchrun describes, if it asked for one (before any device is
+    used); gloo serves CPU tensors and, where CUDA is present, NCCL serves CUDA ones. The wait
+    for the other ranks is announced and bounded (`mnist_common.peers`)."""
+    if not requested():
+        return
+    start = start_from_env()
+    with waiting_for_peers(start.world_size, start.address, start.rank,
+                           "the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT and its own RANK"):
+        try:
+            dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available()
+                                    else "gloo")
+        except RuntimeError as err:  # DistNetworkError: e.g. the port is taken
+            raise UsageError(f"MASTER_ADDR:MASTER_PORT {start.address}: cannot join the group "
+                             f"({first_line(err)})") from None
 
 
 def group_over(device):
@@ -66,7 +91,7 @@ def group_over(device):
     group."""
     if not dist.is_initialized():
         return None
-    local_rank = _env_int("LOCAL_RANK", 0)
+    local_rank = _local_rank(dist.get_world_size())
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UsageError(f"LOCAL_RANK {local_rank}: this machine has only "

@@ -7,7 +7,7 @@ on stderr and exit status 2.
 from mnist_common.data.idx import PROG
 from mnist_common.data.local import cache_data_dir
 from mnist_common.data.prepare import prepare_data
-from mnist_common.errors import ArgumentParser, run_cli
+from mnist_common.errors import ArgumentParser, escaped, run_cli
 
 
 def build_parser():
@@ -33,7 +33,7 @@ def _main(argv):
     """Parse the flags, prepare the data, print the root."""
     args = build_parser().parse_args(argv)
     root = prepare_data(args.data_dir, progress=not args.no_progress)
-    print(root)
+    print(escaped(root))  # any byte of the path survives any stdout encoding
     return 0
 
 

@@ -30,24 +30,24 @@ def gamma(n):
     return n * U / (1 - n * U)
 
 
-def _conv_bound(a, err, kernel, bias):
+def conv_bound(a, err, kernel, bias):
     """|z_f32 - z| for z = conv(a, K) + b, with |a_f32 - a| <= err."""
     k, fan_in = np.abs(kernel), kernel[0].size + 1
     return network.conv(err, k) + gamma(fan_in) * (network.conv(np.abs(a) + err, k) + np.abs(bias)[
         :, None, None])
 
 
-def _linear_bound(a, err, weight, bias):
+def linear_bound(a, err, weight, bias):
     w = np.abs(weight)
     return err @ w.T + gamma(weight.shape[1] + 1) * ((np.abs(a) + err) @ w.T + np.abs(bias))
 
 
-def _relu_bound(z, err):
+def relu_bound(z, err):
     """relu is 1-Lipschitz; where z < -err both sides compute exactly 0."""
     return np.where(z >= -err, err, 0.0)
 
 
-def _pool_bound(err):
+def pool_bound(err):
     """|max(a_f32) - max(a)| <= max |a_f32 - a| over the window."""
     return network.pool_windows(err).max(axis=-1)
 
@@ -58,14 +58,14 @@ def forward_bounds(params, acts):
     e = {"x": U * np.abs(acts["x"])}
     layers = (("z1", "x", "layer.0"), ("z2", "a1", "layer.2"), ("z3", "p2", "layer.5"))
     for z, a, key in layers:
-        e[z] = _conv_bound(acts[a], e[a], p[f"{key}.weight"], p[f"{key}.bias"])
-        e["a" + z[1]] = _relu_bound(acts[z], e[z])
+        e[z] = conv_bound(acts[a], e[a], p[f"{key}.weight"], p[f"{key}.bias"])
+        e["a" + z[1]] = relu_bound(acts[z], e[z])
         if z != "z1":
-            e["p" + z[1]] = _pool_bound(e["a" + z[1]])
+            e["p" + z[1]] = pool_bound(e["a" + z[1]])
     e["f"] = e["p3"].reshape(acts["f"].shape)
-    e["z4"] = _linear_bound(acts["f"], e["f"], p["fc_layer.0.weight"], p["fc_layer.0.bias"])
-    e["a4"] = _relu_bound(acts["z4"], e["z4"])
-    e["z5"] = _linear_bound(acts["a4"], e["a4"], p["fc_layer.2.weight"], p["fc_layer.2.bias"])
+    e["z4"] = linear_bound(acts["f"], e["f"], p["fc_layer.0.weight"], p["fc_layer.0.bias"])
+    e["a4"] = relu_bound(acts["z4"], e["z4"])
+    e["z5"] = linear_bound(acts["a4"], e["a4"], p["fc_layer.2.weight"], p["fc_layer.2.bias"])
     return e
 
 
@@ -93,35 +93,40 @@ def loss_bound(acts, err, labels):
     return float(e_example.mean() + gamma(len(labels)) * np.abs(per_example).mean())
 
 
-def _linear_back(grad, e_grad, a, e_a, weight):
-    """Bounds of (input grad, weight grad, bias grad) of a linear layer."""
+def linear_back(grad, e_grad, a, e_a, weight, batch_gamma=gamma):
+    """Bounds of (input grad, weight grad, bias grad) of a linear layer; `batch_gamma` bounds
+    the sums over the batch."""
     w, g, x = np.abs(weight), np.abs(grad) + e_grad, np.abs(a) + e_a
     n = len(grad)
     e_input = e_grad @ w + gamma(weight.shape[0]) * (g @ w)
-    e_weight = e_grad.T @ x + np.abs(grad).T @ e_a + gamma(n) * (g.T @ x)
-    e_bias = e_grad.sum(0) + gamma(n) * g.sum(0)
+    e_weight = e_grad.T @ x + np.abs(grad).T @ e_a + batch_gamma(n) * (g.T @ x)
+    e_bias = e_grad.sum(0) + batch_gamma(n) * g.sum(0)
     return e_input, e_weight, e_bias
 
 
-def _conv_back(grad, e_grad, a, e_a, kernel):
-    """Bounds of (input grad, kernel grad, bias grad) of a valid 5x5 convolution."""
+def conv_back(grad, e_grad, a, e_a, kernel, batch_gamma=gamma):
+    """Bounds of (input grad, kernel grad, bias grad) of a valid 5x5 convolution; `batch_gamma`
+    bounds the sums over examples and positions."""
     k, g, x = np.abs(kernel), np.abs(grad) + e_grad, np.abs(a) + e_a
     terms = grad.shape[0] * grad.shape[2] * grad.shape[3]  # examples x output positions
-    e_input = network.conv_input_grad(e_grad, k) + gamma(kernel.shape[0] * 25) * \
-        network.conv_input_grad(g, k)
-    e_kernel = (network.conv_weight_grad(e_grad, x) + network.conv_weight_grad(np.abs(grad), e_a)
-                + gamma(terms) * network.conv_weight_grad(g, x))
-    e_bias = e_grad.sum((0, 2, 3)) + gamma(terms) * g.sum((0, 2, 3))
+    e_input = gamma(kernel.shape[0] * 25) * network.conv_input_grad(g, k)
+    e_kernel = batch_gamma(terms) * network.conv_weight_grad(g, x)
+    if e_grad.any():  # error arriving from above (none for a layer checked alone)
+        e_input = e_input + network.conv_input_grad(e_grad, k)
+        e_kernel = e_kernel + network.conv_weight_grad(e_grad, x)
+    if e_a.any():
+        e_kernel = e_kernel + network.conv_weight_grad(np.abs(grad), e_a)
+    e_bias = e_grad.sum((0, 2, 3)) + batch_gamma(terms) * g.sum((0, 2, 3))
     return e_input, e_kernel, e_bias
 
 
-def _relu_back(grad, e_grad, z, e_z):
+def relu_back(grad, e_grad, z, e_z):
     """Where z's sign is certain the mask is exact; within its bound of 0 the gradient may or may
     not pass."""
     return e_grad * (z > 0) + (np.abs(grad) + e_grad) * (np.abs(z) <= e_z)
 
 
-def _pool_back(grad, e_grad, a, e_a):
+def pool_back(grad, e_grad, a, e_a):
     """The gradient goes to the window's maximum; every entry that could be the maximum under
     rounding may receive all of it or none of it."""
     win, e_win = network.pool_windows(a), network.pool_windows(e_a)
@@ -151,21 +156,21 @@ def gradient_bounds(params, acts, d, err, labels):
     """{canonical key: elementwise bound} of every gradient (d: `network.backward`'s "d<name>")."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     b, e = {}, {"z5": logits_grad_bound(acts, err, labels)}
-    e["a4"], b["fc_layer.2.weight"], b["fc_layer.2.bias"] = _linear_back(
+    e["a4"], b["fc_layer.2.weight"], b["fc_layer.2.bias"] = linear_back(
         d["z5"], e["z5"], acts["a4"], err["a4"], p["fc_layer.2.weight"])
-    e["z4"] = _relu_back(d["a4"], e["a4"], acts["z4"], err["z4"])
-    e["f"], b["fc_layer.0.weight"], b["fc_layer.0.bias"] = _linear_back(
+    e["z4"] = relu_back(d["a4"], e["a4"], acts["z4"], err["z4"])
+    e["f"], b["fc_layer.0.weight"], b["fc_layer.0.bias"] = linear_back(
         d["z4"], e["z4"], acts["f"], err["f"], p["fc_layer.0.weight"])
     e["p3"] = e["f"].reshape(acts["p3"].shape)
-    e["a3"] = _pool_back(d["p3"], e["p3"], acts["a3"], err["a3"])
-    e["z3"] = _relu_back(d["a3"], e["a3"], acts["z3"], err["z3"])
-    e["p2"], b["layer.5.weight"], b["layer.5.bias"] = _conv_back(
+    e["a3"] = pool_back(d["p3"], e["p3"], acts["a3"], err["a3"])
+    e["z3"] = relu_back(d["a3"], e["a3"], acts["z3"], err["z3"])
+    e["p2"], b["layer.5.weight"], b["layer.5.bias"] = conv_back(
         d["z3"], e["z3"], acts["p2"], err["p2"], p["layer.5.weight"])
-    e["a2"] = _pool_back(d["p2"], e["p2"], acts["a2"], err["a2"])
-    e["z2"] = _relu_back(d["a2"], e["a2"], acts["z2"], err["z2"])
-    e["a1"], b["layer.2.weight"], b["layer.2.bias"] = _conv_back(
+    e["a2"] = pool_back(d["p2"], e["p2"], acts["a2"], err["a2"])
+    e["z2"] = relu_back(d["a2"], e["a2"], acts["z2"], err["z2"])
+    e["a1"], b["layer.2.weight"], b["layer.2.bias"] = conv_back(
         d["z2"], e["z2"], acts["a1"], err["a1"], p["layer.2.weight"])
-    e["z1"] = _relu_back(d["a1"], e["a1"], acts["z1"], err["z1"])
-    _, b["layer.0.weight"], b["layer.0.bias"] = _conv_back(
+    e["z1"] = relu_back(d["a1"], e["a1"], acts["z1"], err["z1"])
+    _, b["layer.0.weight"], b["layer.0.bias"] = conv_back(
         d["z1"], e["z1"], acts["x"], err["x"], p["layer.0.weight"])
     return b

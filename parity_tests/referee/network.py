@@ -33,12 +33,15 @@ def conv(x, kernel):
 
 
 def conv_input_grad(dout, kernel):
-    """d/dx of sum(dout * conv(x, kernel)): a full correlation with the flipped kernel."""
-    pad = KERNEL - 1
-    padded = np.pad(dout, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    flipped = kernel[:, :, ::-1, ::-1]
-    out = np.tensordot(windows(padded), flipped, axes=([1, 4, 5], [0, 2, 3]))  # (N, H, W, C)
-    return out.transpose(0, 3, 1, 2)
+    """d/dx of sum(dout * conv(x, kernel)): each output position's gradient, weighted by the
+    kernel, added back onto the 5x5 patch of x it was computed from."""
+    n, _, h_out, w_out = dout.shape
+    patches = np.tensordot(dout, kernel, axes=([1], [0]))  # (N, Ho, Wo, C, 5, 5)
+    out = np.zeros((n, h_out + KERNEL - 1, w_out + KERNEL - 1, kernel.shape[1]))
+    for i in range(KERNEL):
+        for j in range(KERNEL):
+            out[:, i:i + h_out, j:j + w_out] += patches[..., i, j]
+    return out.transpose(0, 3, 1, 2)  # (N, C, H, W)
 
 
 def conv_weight_grad(dout, x):
