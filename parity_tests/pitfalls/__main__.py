@@ -28,27 +28,17 @@ import traceback
 from pathlib import Path
 
 from mnist_common.errors import ArgumentParser, UsageError, run_cli
-from mnist_common.fileio import check_out_file, holds_json_record, write_text_atomic
+from mnist_common.ownership import check_out_file, write_owned
 
 PROG = "python -m parity_tests.pitfalls"
 RECORD_KEYS = ("command", "date", "machine", "commit", "seconds", "noise", "rows")
 TABLE_START = "<!-- written by python -m parity_tests.pitfalls -->"
 
 
-def is_table(path):
-    """Whether `path` holds a table an earlier --out wrote."""
-    try:
-        return Path(path).read_text().startswith(TABLE_START)
-    except (OSError, ValueError):
-        return False
-
-
 def check_outputs(out):
     """Refuse, before the minutes of measuring, a file that is not an earlier output."""
-    check_out_file(out, "--out", lambda p: holds_json_record(p, RECORD_KEYS),
-                   "an earlier output of this command")
-    check_out_file(Path(out).with_suffix(".md"), "--out", is_table,
-                   "a table this command wrote")
+    check_out_file(out, "--out", "an earlier output of this command")
+    check_out_file(Path(out).with_suffix(".md"), "--out", "a table this command wrote")
 
 
 def commit():
@@ -115,7 +105,7 @@ def main(argv=None):
                         help="hide the progress bar")
     args = parser.parse_args(argv)
     code = commit()  # the tree as the command starts, before the minutes of imports
-    from mnist_common.reporting import cpu_model
+    from benchmarks import cpu_model
 
     from . import catalogue, merge
 
@@ -162,7 +152,7 @@ def publish(record, out):
 def write(path, text):
     """Write `path` atomically (after `check_outputs`); a failure is the user's error."""
     try:
-        write_text_atomic(path, text)
+        write_owned(path, text)
     except OSError as err:
         raise UsageError(f"--out {path}: cannot write it ({err.strerror})") from None
 

@@ -12,7 +12,7 @@ import time
 from typing import NamedTuple
 
 import numpy as np
-from parity_helpers import TORCH_CPU, predictions, torch_loss_and_grads, torch_state
+from parity_helpers import TORCH_CPU, predictions, torch_loss_and_grads, torch_state, train_batches
 from test_accuracy import MAX_GAP, MIN_ACCURACY, TORCH_VARIATIONS
 from test_accuracy import NOISE_FACTOR as ACCURACY_NOISE_FACTOR
 from test_trajectory import EARLY_STEPS, QUANTILES, weight_gaps
@@ -46,7 +46,7 @@ def torch_run(weights, splits, variation=None):
     train, test = splits
     step = torch_backend.train_step if variation is None else variation(torch_backend.train_step)
     state, losses, kept = torch_state(weights), [], {}
-    for n, (x, y) in enumerate(loaders.train_batches(train, seed=0, epoch=0,
+    for n, (x, y) in enumerate(train_batches(train, seed=0, epoch=0,
                                                      batch_size=BATCH_SIZE), 1):
         state, metrics = step(state, torch_backend.place_batch(TORCH_CPU, x, y))
         losses.append(float(metrics["loss"]))

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 from flax import linen as nn
-from parity_helpers import FLAX_CPU, flax_state
+from parity_helpers import FLAX_CPU, eval_batches, flax_state, train_batches
 
 from flax_impl import backend as flax_backend
 from flax_impl import convert, xla_cpu
@@ -161,7 +161,7 @@ class Side:
     def train_batches(self, split, *, seed, epoch, batch_size):
         """This side's host batches of one epoch (the shipped loaders unless replaced)."""
         if self.index_batches is None and self.pixels is None:
-            return loaders.train_batches(split, seed=seed, epoch=epoch, batch_size=batch_size)
+            return train_batches(split, seed=seed, epoch=epoch, batch_size=batch_size)
         order = self.index_batches or (lambda n, s, e, b: loaders.train_index_batches(
             n, seed=s, epoch=e, batch_size=b))
         host = loaders.batches_of(split, order(len(split[1]), seed, epoch, batch_size),
@@ -170,7 +170,7 @@ class Side:
 
     def eval_batches(self, split):
         """Every test image once, in file order, as this side's pipeline gives them."""
-        return ((self.fed(x), y) for x, y in loaders.eval_batches(split))
+        return ((self.fed(x), y) for x, y in eval_batches(split))
 
     def fed(self, images):
         """Host images as this side's pipeline hands them to the model."""

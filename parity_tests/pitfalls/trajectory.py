@@ -7,8 +7,7 @@ import itertools
 import numpy as np
 import test_trajectory as trajectory
 import torch
-
-from mnist_common import loaders
+from parity_helpers import train_batches
 
 
 class _SideArrays:
@@ -28,7 +27,7 @@ def _tensors(host_batches):
 
 def torch_reference(weights, train_split):
     """(torch's run, the bounds of each statistic) as test_trajectory's fixtures make them."""
-    batches = _tensors(loaders.train_batches(train_split, seed=0, epoch=0,
+    batches = _tensors(train_batches(train_split, seed=0, epoch=0,
                                              batch_size=trajectory.BATCH_SIZE))
     reference = trajectory.torch_run(weights, batches)
     stats = [trajectory.statistics(trajectory.torch_run(weights, batches, step), reference)
