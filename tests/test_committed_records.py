@@ -13,7 +13,7 @@ import pytest
 from mnist_common.ownership import RECORD_NAME, may_replace
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMITTED = ("benchmarks/results", "benchmarks/results/compile", "parity_tests/report")
+COMMITTED = ("benchmarks/results", "benchmarks/results/compile", "parity_tests/report", "docs")
 
 
 @pytest.mark.parametrize("folder", COMMITTED)
