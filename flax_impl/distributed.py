@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import pad_batch
-from mnist_common.peers import host_and_port, waiting_for_peers, whole_number
+from mnist_common.peers import Start, host_and_port, waiting_for_peers, whole_number
 
 DATA_AXIS = "data"
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -40,14 +40,6 @@ class Group(NamedTuple):
 def requested():
     """True when the environment asks for several processes."""
     return any(os.environ.get(name) for name in _DISTRIBUTED_ENV)
-
-
-class Start(NamedTuple):
-    """A multi-process start as the environment describes it, every value checked."""
-
-    world_size: int
-    rank: int
-    address: str  # host:port of the coordinator
 
 
 def start_from_env():

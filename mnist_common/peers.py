@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 from mnist_common.errors import UsageError, error_line, short_path
 
@@ -19,6 +20,14 @@ PEER_TIMEOUT_ENV = "MNIST_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 120  # seconds: a start that has not met its peers by then will not
 # Exit status of a wait that gave up: the one of every other refusal.
 GAVE_UP_STATUS = 2
+
+
+class Start(NamedTuple):
+    """A multi-process start as the environment describes it, every value checked."""
+
+    world_size: int
+    rank: int
+    address: str  # host:port of the coordinator (JAX) or the rendezvous (torch)
 
 
 def whole_number(name, value, low, high=None, bound_by=""):

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mnist_common.errors import UsageError, first_line
 from mnist_common.loaders import pad_batch
-from mnist_common.peers import host_name, port_number, waiting_for_peers, whole_number
+from mnist_common.peers import Start, host_name, port_number, waiting_for_peers, whole_number
 
 
 class Group(NamedTuple):
@@ -39,14 +39,6 @@ def requested():
     """True when a launcher asked for more than one process (torchrun sets WORLD_SIZE)."""
     value = os.environ.get("WORLD_SIZE")
     return value is not None and whole_number("WORLD_SIZE", value, 1) > 1
-
-
-class Start(NamedTuple):
-    """A multi-process start as the environment describes it, every value checked."""
-
-    world_size: int
-    rank: int
-    address: str  # host:port of the rendezvous
 
 
 def start_from_env():

@@ -21,7 +21,7 @@ from parity_helpers import (
     torch_loss_and_grads,
     torch_state,
 )
-from test_adam import LR, assert_same_adam, gradient_sequence, reference_adam_updates
+from test_adam import LR, assert_is_the_tutorials_adam, assert_same_adam
 from test_init import DRAWS, P_MIN, bound_of, draws, ks_p_value, ks_statistic
 from test_model import LOGIT_ATOL
 from test_training import GRAD_RTOL, assert_close_relative
@@ -91,17 +91,7 @@ def loss_and_gradients(side, inputs):
 def adam_formula(side, inputs):
     """test_adam.py: the side's optimizer on weights of 100 against Adam's formula in float64,
     six steps of gradients from 1e-8 to 10; no gradient, no move."""
-    tx = side.optimizer(LR)
-    params = np.full((64,), 100.0, np.float32)
-    grads = gradient_sequence()
-    expected = reference_adam_updates(grads, params, len(grads))
-    opt_state = tx.init(params)
-    for t, grad in enumerate(grads):
-        updates, opt_state = tx.update(grad, opt_state, params)
-        np.testing.assert_allclose(np.asarray(updates), expected[t], rtol=1e-5, atol=0,
-                                   err_msg=f"step {t + 1}")
-    updates, _ = tx.update(np.zeros_like(params), tx.init(params), params)
-    assert not np.asarray(updates).any()
+    assert_is_the_tutorials_adam(side.optimizer(LR))
 
 
 def adam_six_steps(side, inputs):
