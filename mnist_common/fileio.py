@@ -1,4 +1,4 @@
-"""File utilities, one home each: atomic writes, fsync, hashing, locks, temp sweeps, status lines.
+"""File utilities, one home each: atomic writes, fsync, hashing, locks, status lines.
 
 A full disk (or any other write failure) surfaces from here as `OSError`, whatever library did
 the writing: `atomic_path` turns a failed write inside it into an `OSError` carrying the errno
@@ -9,7 +9,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -145,17 +144,3 @@ def exclusive_lock(lock_path, *, wait=False, on_wait=None):
     finally:
         os.close(fd)
 
-
-def remove_path(entry):
-    """Delete a file, link or directory tree, best effort."""
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            entry.unlink()
-
-
-def remove_stale(directory, pattern):
-    """Delete what killed writers left under `directory` (call it only while holding its lock)."""
-    for entry in Path(directory).glob(pattern):
-        remove_path(entry)

@@ -9,8 +9,9 @@ names it and it is still what the project wrote — a regular file with a record
 it created, or a folder whose every entry is the project's. Anything else (a user's file, a
 link, a file edited since, a folder holding a user's file) is never touched, whatever its name.
 The record and its temp file (`RECORD_TEMP`) belong to this module, whose writers
-(`owned_path`, `write_owned`, `adopt_file`, `make_owned_dir`, `make_temp_dir`, `rename_owned`,
-`remove_owned`, `remove_leftovers`) keep the record true as they go.
+(`owned_path`, `write_owned`, `adopt_file`, `make_owned_dir`, `make_temp_dir`,
+`remove_temp_dir`, `rename_owned`, `remove_owned`, `remove_leftovers`) keep the record true as
+they go.
 """
 
 import contextlib
@@ -212,6 +213,14 @@ def make_temp_dir(parent, prefix):
     _update(parent, lambda record: _add(record["temps"], path.name))
     path.mkdir()
     return path
+
+
+def remove_temp_dir(path):
+    """Delete the scratch folder `path` that this very call made with `make_temp_dir` (so it
+    holds only what the call put there), best effort even on a full disk; then forget it."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        _update(Path(path).parent, lambda record: None)  # drops names no longer on disk
 
 
 def rename_owned(source, target):

@@ -160,3 +160,17 @@ def test_killed_fetch_leaves_nothing_a_rerun_trusts(tmp_path):
     assert data_litter(root) == []
 
 
+
+
+def test_names_like_a_fetchs_temp_dirs_are_the_users(tmp_path):
+    """Only temps a fetch recorded are swept: a user's `.fetch-*` file or folder is kept."""
+    raw = raw_of(tmp_path)
+    raw.mkdir(parents=True)
+    (raw / ".fetch-notes").write_text("mine\n")
+    (raw / ".fetch-drafts").mkdir()
+    (raw / ".fetch-drafts" / "figure1.svg").write_text("<svg/>\n")
+    prepare_data(tmp_path, files=MANIFEST, sources=[good_source])
+    assert (raw / ".fetch-notes").read_text() == "mine\n"
+    assert (raw / ".fetch-drafts" / "figure1.svg").read_text() == "<svg/>\n"
+    for f in MANIFEST:
+        assert (raw / f.name).read_bytes() == TINY[f.name]

@@ -6,8 +6,6 @@ mirrors serve them and torchvision keeps them); a `.gz` is decompressed and veri
 
 import gzip
 import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from mnist_common.data.idx import (
 )
 from mnist_common.errors import DataError
 from mnist_common.fileio import fsync_dir, fsync_file, say
+from mnist_common.ownership import make_temp_dir, remove_temp_dir
 
 TEMP_PREFIX = ".fetch-"
 
@@ -141,13 +140,13 @@ def unpack_gz(raw, missing, progress):
         return list(missing)
     if progress:
         say(f"decompressing {len(packed)} .gz file{'s' * (len(packed) > 1)} in {raw}…")
-    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=raw))
+    tmp = make_temp_dir(raw, TEMP_PREFIX)  # recorded: only the project's temps are swept
     try:
         for expected in packed:
             _unpack_one(raw / (expected.name + ".gz"), tmp / expected.name, expected)
         install(tmp, raw, packed)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temp_dir(tmp)
     return [f for f in missing if f not in packed]
 
 

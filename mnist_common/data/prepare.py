@@ -7,9 +7,6 @@ under the raw dir, verified, and renamed into place. Concurrent prepares seriali
 
 import contextlib
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 from mnist_common.data.idx import MNIST_FILES, idx_problem, short_error
 from mnist_common.data.local import (
@@ -23,7 +20,8 @@ from mnist_common.data.local import (
 )
 from mnist_common.data.sources import default_sources, is_disk_full, source_label
 from mnist_common.errors import DataError
-from mnist_common.fileio import check_path, exclusive_lock, remove_stale, say
+from mnist_common.fileio import check_path, exclusive_lock, say
+from mnist_common.ownership import make_temp_dir, remove_leftovers, remove_temp_dir
 
 LOCK_NAME = ".mnist.lock"
 
@@ -91,7 +89,7 @@ def _lock(stack, root, progress):
 
 def _fetch_with(source, raw, missing):
     """Run one source into a temp dir under `raw`; verify everything, then rename into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=raw))
+    tmp = make_temp_dir(raw, TEMP_PREFIX)  # recorded: only the project's temps are swept
     try:
         source(tmp, tuple(missing))
         for expected in missing:
@@ -100,7 +98,7 @@ def _fetch_with(source, raw, missing):
                 raise DataError(f"the fetched {expected.name} {problem}")
         install(tmp, raw, missing)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temp_dir(tmp)
 
 
 def _fetch(raw, missing, sources, progress):
@@ -132,7 +130,7 @@ def _fetch(raw, missing, sources, progress):
 
 def _fill_locked(root, raw, files, sources, progress):
     """Under the lock: recheck, decompress local `.gz` files, then fetch what is still missing."""
-    remove_stale(raw, TEMP_PREFIX + "*")
+    remove_leftovers(raw)  # temps a killed fetch recorded, never a name pattern
     try:
         # Another process may have fetched the files while we waited for the lock.
         missing = unpack_gz(raw, missing_files(raw, files), progress)
