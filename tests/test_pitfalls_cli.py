@@ -2,6 +2,7 @@
 a table rendered from a record (the measurement itself runs for minutes: docs/porting.md)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from cli_helpers import assert_usage_error, run_in_process
@@ -90,3 +91,25 @@ def test_merge_refuses_outputs_of_other_code_or_other_numbers(tmp_path, capsys, 
               commit=change.get("commit", "abc"))
     code, _, err = command(["--merge", a, b], capsys)
     assert_usage_error(code, err, pitfalls.PROG, "--merge", words)
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+MEASURED = ("accuracy", "differ_from_torch", "logits_max_abs", "weights_10_max_abs",
+            "weights_100_median", "failing_tests")
+
+
+def test_the_committed_table_measures_every_mistake_and_is_its_records_rendering():
+    """docs/pitfalls.json holds a measured row for the shipped code, every mistake and every
+    control (a load-time error is a measurement); docs/pitfalls.md and the table in
+    docs/porting.md are that record's rendering, so no figure on the page can drift from it."""
+    record = json.loads((DOCS / "pitfalls.json").read_text())
+    rows = {row["name"]: row for row in record["rows"]}
+    assert set(rows) == set(catalogue.BY_NAME), sorted(set(catalogue.BY_NAME) ^ set(rows))
+    for name, row in rows.items():
+        assert "measurement_failed" not in row, name
+        wanted = ("load_error", "failing_tests") if "load_error" in row else MEASURED
+        assert all(key in row for key in wanted), (name, sorted(set(wanted) - set(row)))
+    lines = table.markdown(record)
+    assert (DOCS / "pitfalls.md").read_text() == f"{pitfalls.TABLE_START}\n" + "\n".join(lines) \
+        + "\n"
+    assert "\n".join(lines[2:]) in (DOCS / "porting.md").read_text()
