@@ -113,3 +113,14 @@ def test_the_committed_table_measures_every_mistake_and_is_its_records_rendering
     assert (DOCS / "pitfalls.md").read_text() == f"{pitfalls.TABLE_START}\n" + "\n".join(lines) \
         + "\n"
     assert "\n".join(lines[2:]) in (DOCS / "porting.md").read_text()
+
+
+def test_the_pages_catalogue_points_at_each_mistakes_line_as_the_code_is_now():
+    """docs/porting.md's catalogue names, per mistake, the file and line where the project does
+    it right: the line `catalogue.where` finds in the code today."""
+    page = (DOCS / "porting.md").read_text()
+    for mistake in catalogue.MISTAKES:
+        row = [line for line in page.splitlines()
+               if line.startswith(f"| `{mistake.name}` | {mistake.area} |")]
+        assert len(row) == 1, mistake.name
+        assert row[0].endswith(f"| `{catalogue.where(mistake.done_right)}` |"), row[0]
