@@ -12,12 +12,12 @@ from mnist_common import compare
 PROG = "python -m mnist_common.compare"
 
 
-def fake_run(directory, framework, accuracies):
+def fake_run(directory, framework, accuracies, loss=0.05, seconds=12.5, rate=4800.0):
     directory.mkdir()
     epochs = [{"epoch": i + 1, "step": 3 * (i + 1), "partial": False, "test_accuracy": a}
               for i, a in enumerate(accuracies)]
     metrics = {"framework": framework, "device": "cpu (x86_64)", "test_accuracy": accuracies[-1],
-               "test_loss": 0.05, "train_seconds": 12.5, "train_images_per_second": 4800.0,
+               "test_loss": loss, "train_seconds": seconds, "train_images_per_second": rate,
                "step_losses": [2.3, 1.0, 0.5, 0.3, 0.2, 0.1], "epochs": epochs}
     (directory / "metrics.json").write_text(json.dumps(metrics))
     return directory
@@ -25,10 +25,12 @@ def fake_run(directory, framework, accuracies):
 
 def test_table_and_figure(tmp_path, capsys):
     runs = [fake_run(tmp_path / "torch", "torch", [0.95, 0.985]),
-            fake_run(tmp_path / "flax", "flax", [0.94, 0.986])]
+            fake_run(tmp_path / "flax", "flax", [0.94, 0.986], 0.0432, 30.25, 1999.6)]
     code, out, err = run_in_process(compare.main, [str(r) for r in runs], PROG, capsys)
     assert code == 0, err
-    assert "| torch | cpu (x86_64) | 98.50 % |" in out and "| flax |" in out
+    # each row from its own run, every column
+    assert "| torch | cpu (x86_64) | 98.50 % | 0.0500 | 12.5 | 4800 |" in out
+    assert "| flax | cpu (x86_64) | 98.60 % | 0.0432 | 30.2 | 2000 |" in out
     figure = tmp_path / "compare.png"  # beside the run dirs, by default
     assert f"figure: {figure}" in out
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
