@@ -6,7 +6,7 @@ position) with `--resume-from`. Flax continuing must follow torch continuing: th
 losses agree to 1e-4, as test_fit.py's fresh runs do (the same small set, so the same drift).
 And the other way round. Every array goes through the files only, so a layout or a moment
 mixed up in either framework's conversion (swapped exp_avg and exp_avg_sq cancel out in a round
-trip) shows here.
+trip) shows here. A continuation is also held against an uninterrupted run of its framework.
 """
 
 import numpy as np
@@ -63,3 +63,24 @@ def test_a_run_continues_in_the_other_framework(first, small_mnist, tmp_path_fac
     check(f"carried run: {first} checkpoint continued in {other} vs in {first}, first "
           f"{LOSS_STEPS} losses", gap.max(), LOSS_ATOL, group="carry")
     assert gap.max() <= LOSS_ATOL, gap
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["torch", "flax"])
+def test_resume_from_continues_as_an_uninterrupted_run(framework, small_mnist, tmp_path_factory):
+    """Weights, Adam's moments and its step count all carried: continued with --resume-from,
+    the run is the uninterrupted run's to the last bit, and its checkpoint's Adam step is the
+    run's step (an optimizer started afresh would count from the resume)."""
+    start = tmp_path_factory.mktemp(f"{framework}-part")
+    train(framework, small_mnist, start, max_steps=FIRST_STEPS)
+    target = FIRST_STEPS + LOSS_STEPS
+    continued_dir = tmp_path_factory.mktemp(f"{framework}-continued")
+    continued = train(framework, small_mnist, continued_dir, max_steps=target,
+                      resume_from=str(start))
+    whole = train(framework, small_mnist, tmp_path_factory.mktemp(f"{framework}-whole"),
+                  max_steps=target)
+    assert continued["step_losses"] == whole["step_losses"]
+    assert continued["test_loss"] == whole["test_loss"]
+    saved = load_checkpoint(continued_dir)
+    assert saved.progress["global_step"] == target
+    assert int(np.asarray(saved.optimizer["step"]).reshape(-1)[0]) == target
