@@ -121,3 +121,35 @@ def test_masked_cross_entropy_agrees_between_engines():
                                        torch.from_numpy(labels[mask == 1]))
     assert abs(float(torch_loss) - float(kept)) <= 1e-6
     assert abs(float(flax_loss) - float(kept)) <= 1e-6
+
+
+@pytest.fixture
+def precision_switches():
+    """The frameworks' process-wide precision switches, restored after the test."""
+    import jax
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             jax.config.jax_default_matmul_precision)
+    yield jax
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+    jax.config.update("jax_default_matmul_precision", saved[2])
+
+
+def test_precision_sets_each_frameworks_own_switches(precision_switches):
+    """--precision is applied, not only recorded: tf32 turns on TF32 for torch's matmuls and
+    cuDNN convolutions on CUDA and sets JAX's default matmul precision on a GPU; highest turns
+    them off; a CPU device leaves JAX's setting alone and torch's TF32 off."""
+    from types import SimpleNamespace
+
+    jax = precision_switches
+    for precision, device, tf32 in (("tf32", "cuda", True), ("highest", "cuda", False),
+                                    ("tf32", "cpu", False)):
+        torch_backend._set_precision(precision, torch.device(device))
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32, (precision, device)
+        assert torch.backends.cudnn.allow_tf32 is tf32, (precision, device)
+    gpu, cpu = SimpleNamespace(platform="gpu"), SimpleNamespace(platform="cpu")
+    for precision, setting in (("tf32", "tensorfloat32"), ("highest", "highest")):
+        flax_backend._set_precision(precision, gpu)
+        assert jax.config.jax_default_matmul_precision == setting, precision
+    flax_backend._set_precision("tf32", cpu)
+    assert jax.config.jax_default_matmul_precision == "highest"

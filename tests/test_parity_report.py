@@ -129,3 +129,18 @@ def test_a_report_path_at_or_under_a_file_is_refused_before_any_test(tmp_path, u
     assert "not a directory" in done.stderr and "notes" in done.stderr
     assert " passed" not in done.stdout
     assert (tmp_path / "notes").read_text() == "mine\n"
+
+
+def test_a_failed_check_keeps_its_row_and_is_counted(margins, tmp_path):
+    """A check outside its bound is the report's most important row: it is kept, with its
+    negative margin, in report.md, report.json and the terminal table, and counted."""
+    record_some(margins)
+    with pytest.raises(AssertionError):
+        margins.check("bad", 2.0, 1.0)
+    margins.write_report(tmp_path, "a CPU")
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# Parity report\n\n6 checks, 1 outside their bound.")
+    assert "| bad | 2 | <= 1 | -1 | 2.00 |" in text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["checks"][-1]["check"] == "bad" and report["checks"][-1]["margin"] == -1
+    assert any("bad" in line and "-1" in line for line in margins.text_table())

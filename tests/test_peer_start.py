@@ -33,6 +33,8 @@ START = {"torch": TORCH_START, "flax": FLAX_START}
 # (framework, the variables changed from START, words the one line must hold)
 BAD_STARTS = {
     "rank beyond the world": ("torch", {"RANK": "5"}, ["RANK=5", "[0, 1]", "WORLD_SIZE=2"]),
+    "rank equal to the world": ("torch", {"RANK": "2"}, ["RANK=2", "[0, 1]", "WORLD_SIZE=2"]),
+    "local rank equal to the world": ("torch", {"LOCAL_RANK": "2"}, ["LOCAL_RANK=2", "[0, 1]"]),
     "negative rank": ("torch", {"RANK": "-1"}, ["RANK=-1", "[0, 1]"]),
     "rank not a number": ("torch", {"RANK": "zero"}, ["RANK=zero", "not a whole number"]),
     "world size 0": ("torch", {"WORLD_SIZE": "0"}, ["WORLD_SIZE=0", "1 or more"]),
@@ -48,6 +50,8 @@ BAD_STARTS = {
                                    ["MNIST_PEER_TIMEOUT=soon", "seconds"]),
     "process id beyond the run": ("flax", {"JAX_PROCESS_ID": "5"},
                                   ["JAX_PROCESS_ID=5", "[0, 1]", "JAX_NUM_PROCESSES=2"]),
+    "process id equal to the run": ("flax", {"JAX_PROCESS_ID": "2"},
+                                    ["JAX_PROCESS_ID=2", "[0, 1]", "JAX_NUM_PROCESSES=2"]),
     "process id not a number": ("flax", {"JAX_PROCESS_ID": "first"}, ["JAX_PROCESS_ID=first"]),
     "no processes": ("flax", {"JAX_NUM_PROCESSES": "0"}, ["JAX_NUM_PROCESSES=0", "1 or more"]),
     "address without a port": ("flax", {"JAX_COORDINATOR_ADDRESS": "127.0.0.1"},

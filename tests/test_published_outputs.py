@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import assert_same_run
 from training_helpers import train_cli
 
-from mnist_common import publishing, reporting
+from mnist_common import ownership, publishing, reporting
 from mnist_common.config import FRAMEWORKS
 
 OUTPUTS = ("model.safetensors", "metrics.json", "loss.png")
@@ -118,3 +118,64 @@ def test_a_kill_between_the_renames_is_completed_by_the_next_run(uninterrupted, 
     publishing.finish_interrupted(out_dir)  # what the next run of the out-dir does first
     assert outputs(out_dir)[1] == []
     same_outputs(out_dir, uninterrupted("torch"))
+
+
+def quick_writers(patch, fail_at=None):
+    """write_outputs' three writers replaced by quick ones that write `repr` of their input the
+    project's way (`write_owned`); the one named `fail_at` stops the process instead, as a kill
+    would: the files written before it stay."""
+    def writer(name):
+        def write(path, content):
+            if name == fail_at:
+                raise KeyboardInterrupt
+            ownership.write_owned(path, f"{name}: {content!r}")
+        return write
+
+    for attr in ("save_weights", "plot_losses", "write_metrics"):
+        patch.setattr(reporting, attr, writer(attr))
+
+
+def publish(out_dir, params, metrics):
+    """What a run does with its outputs: stage them whole, then swap them in."""
+    publishing.swap_in(out_dir, publishing.stage(out_dir, params, metrics))
+
+
+def test_a_kill_while_staging_leaves_no_set_the_next_run_takes_for_complete(tmp_path,
+                                                                            monkeypatch):
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    with monkeypatch.context() as patch:
+        quick_writers(patch)
+        publish(out_dir, "earlier weights", "earlier metrics")
+    earlier = outputs(out_dir)
+    assert all(earlier[0].values()) and earlier[1] == []
+    with monkeypatch.context() as patch:  # killed after model.safetensors, drawing loss.png
+        quick_writers(patch, fail_at="plot_losses")
+        patch.setattr(publishing, "remove_owned", lambda path: False)  # a kill cleans nothing
+        with pytest.raises(KeyboardInterrupt):
+            publishing.stage(out_dir, "later weights", "later metrics")
+    staged = outputs(out_dir)[1]
+    assert len(staged) == 1 and (out_dir / staged[0] / "model.safetensors").is_file()
+    assert outputs(out_dir)[0] == earlier[0]
+    publishing.finish_interrupted(out_dir)  # what the next run of the out-dir does first
+    assert outputs(out_dir)[0] == earlier[0]  # nothing of the half-staged set went in
+    assert b"later" not in (out_dir / "model.safetensors").read_bytes()
+    ownership.remove_leftovers(out_dir)  # ...and then: the half-staged folder is cleared
+    assert outputs(out_dir) == earlier
+
+
+def test_the_outputs_are_renamed_into_place_in_the_documented_order(tmp_path, monkeypatch):
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    real, renamed = publishing.adopt_file, []
+
+    def recorded(source, target):
+        renamed.append((source.name, target.name))
+        return real(source, target)
+
+    quick_writers(monkeypatch)
+    monkeypatch.setattr(publishing, "adopt_file", recorded)
+    publish(out_dir, "weights", "metrics")
+    assert renamed == [(name, name) for name in OUTPUTS]  # in the order of OUTPUTS
+    assert OUTPUTS == reporting.OUTPUTS
+    assert all(outputs(out_dir)[0].values()) and outputs(out_dir)[1] == []

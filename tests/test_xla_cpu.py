@@ -65,18 +65,22 @@ def test_jit_keeps_jax_jit_arguments():
     assert float(static(jnp.ones(()), 3)) == 3.0
 
 
-def pool_inputs(shape, seed=0):
-    """ReLU outputs with ties: zeros, and a band of one repeated positive value."""
+def pool_inputs(shape, seed=0, relu=True):
+    """ReLU outputs with ties: zeros, and a band of one repeated positive value; or, without
+    the ReLU, signed values (some windows all negative) with a band of one repeated negative
+    value."""
     rng = np.random.default_rng(seed)
-    x = np.maximum(rng.standard_normal(shape, np.float32), 0)
-    x[:, : shape[1] // 3] = 0.25
+    x = rng.standard_normal(shape, np.float32)
+    x = np.maximum(x, 0) if relu else x - 1.0
+    x[:, : shape[1] // 3] = 0.25 if relu else -0.75
     g = rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3]), np.float32)
     return jnp.asarray(x), jnp.asarray(g)
 
 
+@pytest.mark.parametrize("relu", [True, False], ids=["relu-outputs", "signed"])
 @pytest.mark.parametrize("shape", [(8, 20, 20, 32), (8, 6, 6, 64), (3, 4, 4, 1)])
-def test_max_pool_equals_flax_bit_for_bit(shape):
-    x, g = pool_inputs(shape)
+def test_max_pool_equals_flax_bit_for_bit(shape, relu):
+    x, g = pool_inputs(shape, relu=relu)
 
     def pool_vjp(pool):
         def f(x, g):
