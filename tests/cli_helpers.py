@@ -205,3 +205,10 @@ def assert_same_run(actual_dir, expected_dir):
         assert actual_weights[key].tobytes() == expected_weights[key].tobytes(), key
     assert actual_metrics["test_correct"] == expected_metrics["test_correct"]
     assert actual_metrics["test_loss"] == expected_metrics["test_loss"]
+
+
+def benchmark_module(name):
+    """A module of the benchmarks package (the repository root put on sys.path)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return __import__(f"benchmarks.{name}", fromlist=[name])

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import finish, start_python
+from cli_helpers import benchmark_module, finish, start_python
 
 from mnist_common.ownership import RECORD_NAME, may_replace
 
@@ -27,10 +27,7 @@ def _run(*args, env=None, timeout=300):
                           timeout=timeout, cwd=REPO, env=env)
 
 
-def _import(name):
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return __import__(f"benchmarks.{name}", fromlist=[name])
+_import = benchmark_module
 
 
 def _snapshot(directory):
