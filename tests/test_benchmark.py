@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import benchmark_module, cli_env
+from cli_helpers import benchmark_module as _import
+from cli_helpers import cli_env
 
 from mnist_common.config import Config
 from mnist_common.ownership import RECORD_NAME
@@ -24,9 +25,6 @@ STATS = {"median", "min", "max"}
 def _run(*args, timeout=120):
     return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=cli_env())
-
-
-_import = benchmark_module
 
 
 @pytest.fixture(scope="module")

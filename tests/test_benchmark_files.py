@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import benchmark_module, finish, start_python
+from cli_helpers import benchmark_module as _import
+from cli_helpers import finish, start_python
 
 from mnist_common.ownership import RECORD_NAME, may_replace
 
@@ -25,9 +26,6 @@ SIGNAL_TIMEOUT_S = 300
 def _run(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env)
-
-
-_import = benchmark_module
 
 
 def _snapshot(directory):
